@@ -1,0 +1,46 @@
+"""The Dagster definitions: assets, checks, sensors and resources of the curation graph."""
+
+from __future__ import annotations
+
+import dagster as dg
+from dagster_polars import PolarsParquetIOManager
+
+from curation_assets import raw_pool as raw_pool_module
+from resources.storage import CurationStorage
+
+
+def build_resources(home: str | None = None, resource_config: dict | None = None) -> dict:
+    """Resources for a project rooted at `home` (default `$CURATION_HOME` or ./.curation).
+
+    `resource_config` maps a resource key to keyword arguments, e.g. {"landing": {"min_age_seconds": 0}}.
+    """
+    cfg = {key: dict(value or {}) for key, value in (resource_config or {}).items()}
+    unknown = set(cfg) - set(RESOURCE_TYPES)
+    if unknown:
+        raise ValueError(f"unknown resources {sorted(unknown)}; known: {sorted(RESOURCE_TYPES)}")
+    if home:
+        cfg.setdefault("storage", {}).setdefault("home", home)
+    resources = {key: cls(**cfg.get(key, {})) for key, cls in RESOURCE_TYPES.items()}
+    resources["io_manager"] = PolarsParquetIOManager(base_dir=str(resources["storage"].assets))
+    return resources
+
+
+RESOURCE_TYPES = {
+    "storage": CurationStorage,
+    "landing": raw_pool_module.LandingSensorConfig,
+}
+ASSETS = [raw_pool_module.raw_pool]
+CHECKS = [raw_pool_module.raw_pool_reconciles]
+SENSORS = [raw_pool_module.landing_sensor]
+
+
+def build_definitions(home: str | None = None, resource_config: dict | None = None) -> dg.Definitions:
+    return dg.Definitions(
+        assets=ASSETS,
+        asset_checks=CHECKS,
+        sensors=SENSORS,
+        resources=build_resources(home, resource_config),
+    )
+
+
+defs = build_definitions()

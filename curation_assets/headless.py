@@ -1,0 +1,143 @@
+"""Run the whole graph without the UI: land files, materialize each new shard, then the global assets.
+
+Runs go through a real Dagster instance (the one `dagster dev` uses from the same folder), so
+everything done headless shows up in the UI afterwards.
+"""
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+import yaml
+
+from curation_assets.landing import LandedFile, land_file
+from curation_assets.methods.ingest import is_data_file
+from curation_assets.partitions import pool_shards
+
+
+def open_instance() -> dg.DagsterInstance:
+    """`$DAGSTER_HOME` if set; else `.dagster_home` beside the `dagster.yaml` of the working folder."""
+    if os.getenv("DAGSTER_HOME"):
+        return dg.DagsterInstance.get()
+    from dagster._core.instance.ref import InstanceRef
+
+    cwd = Path.cwd()
+    base = cwd / ".dagster_home"
+    base.mkdir(exist_ok=True)
+    config_dir = cwd if (cwd / "dagster.yaml").exists() else base
+    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(base), config_dir=str(config_dir)))
+
+
+def data_files(paths: Iterable[str | Path]) -> list[tuple[Path, str]]:
+    """(file, name to land it under) for files and folders (searched recursively)."""
+    found = []
+    for raw in paths:
+        path = Path(raw).expanduser().resolve()
+        if path.is_dir():
+            found += [(p, p.relative_to(path).as_posix()) for p in sorted(path.rglob("*")) if p.is_file() and is_data_file(p)]
+        elif path.is_file():
+            found.append((path, path.name))
+        else:
+            raise FileNotFoundError(f"no such file or folder: {raw}")
+    return found
+
+
+@dataclass
+class RunConfig:
+    """A headless run's settings, read from YAML: `home`, `resources` and per-asset `assets` config."""
+
+    home: str | None = None
+    resources: dict = field(default_factory=dict)
+    assets: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | Path | None) -> "RunConfig":
+        if path is None:
+            return cls()
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        unknown = set(data) - {"home", "resources", "assets"}
+        if unknown:
+            raise ValueError(f"{path}: unknown sections {sorted(unknown)}; expected home, resources, assets")
+        return cls(**data)
+
+    def run_config(self, ops: Iterable[str]) -> dict:
+        ops = set(ops)
+        return {
+            "ops": {name: {"config": cfg} for name, cfg in self.assets.items() if name in ops},
+            "loggers": {"console": {"config": {"log_level": "INFO"}}},
+        }
+
+
+@dataclass
+class RunReport:
+    landed: list[LandedFile]
+    shard_runs: dict[str, bool]
+    global_run: bool | None
+    home: Path
+
+
+def run_graph(
+    paths: Iterable[str | Path],
+    config: RunConfig | None = None,
+    *,
+    refresh: bool = False,
+    instance: dg.DagsterInstance | None = None,
+    log: Callable[[str], None] = print,
+) -> RunReport:
+    from curation_assets.definitions import build_definitions
+
+    config = config or RunConfig()
+    defs = build_definitions(home=config.home, resource_config=config.resources)
+    storage = defs.resources["storage"]
+    instance = instance or open_instance()
+
+    landed = [land_file(path, storage.landed, name) for path, name in data_files(paths)]
+    known = set(instance.get_dynamic_partitions(pool_shards.name))
+    new = sorted({f.partition for f in landed} - known)
+    if new:
+        instance.add_dynamic_partitions(pool_shards.name, new)
+    for f in landed:
+        log(f"landed {f.source_path} as shard {f.partition}")
+
+    job = defs.resolve_implicit_global_asset_job_def()
+    graph = defs.resolve_asset_graph()
+    shard_keys = [k for k in graph.toposorted_asset_keys if graph.get(k).partitions_def == pool_shards]
+    global_keys = [k for k in graph.toposorted_asset_keys if graph.get(k).is_materializable and graph.get(k).partitions_def is None]
+
+    def ops(keys):
+        return {graph.assets_def_for_key(k).node_def.name for k in keys}
+
+    shard_runs: dict[str, bool] = {}
+    done = set() if refresh else _materialized(instance, shard_keys)
+    for partition in sorted(instance.get_dynamic_partitions(pool_shards.name)):
+        if partition in done:
+            continue
+        result = job.execute_in_process(
+            instance=instance,
+            partition_key=partition,
+            asset_selection=shard_keys,
+            run_config=config.run_config(ops(shard_keys)),
+            raise_on_error=False,
+        )
+        shard_runs[partition] = result.success
+        log(f"shard {partition}: {'ok' if result.success else 'FAILED (see the run in the UI)'}")
+
+    global_run = None
+    if global_keys:
+        result = job.execute_in_process(
+            instance=instance,
+            asset_selection=global_keys,
+            run_config=config.run_config(ops(global_keys)),
+            raise_on_error=False,
+        )
+        global_run = result.success
+        log(f"global assets: {'ok' if result.success else 'FAILED (see the run in the UI)'}")
+    return RunReport(landed, shard_runs, global_run, storage.root)
+
+
+def _materialized(instance: dg.DagsterInstance, keys: list[dg.AssetKey]) -> set[str]:
+    """Partitions where every per-shard asset is already materialized."""
+    sets = [instance.get_materialized_partitions(k) for k in keys]
+    return set.intersection(*map(set, sets)) if sets else set()

@@ -1,0 +1,87 @@
+"""Metadata a person reads at a glance in the Dagster UI: markdown tables and small PNG plots."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+
+def _cell(value, width: int) -> str:
+    text = "" if value is None else str(value)
+    text = text.replace("\n", " ").replace("|", "\\|")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def md_table(df: pl.DataFrame, width: int = 80) -> str:
+    """A markdown table of `df` with cells cut to `width` characters."""
+    if df.is_empty():
+        return "_(empty)_"
+    header = "| " + " | ".join(df.columns) + " |"
+    rule = "| " + " | ".join("---" for _ in df.columns) + " |"
+    rows = ["| " + " | ".join(_cell(v, width) for v in row) + " |" for row in df.iter_rows()]
+    return "\n".join([header, rule, *rows])
+
+
+def md(df: pl.DataFrame, width: int = 80) -> dg.MetadataValue:
+    return dg.MetadataValue.md(md_table(df, width))
+
+
+def png_md(fig, alt: str = "plot") -> dg.MetadataValue:
+    """Embed a matplotlib figure as a PNG data URI inside markdown."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    data = base64.b64encode(buf.getvalue()).decode()
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{data})")
+
+
+def new_figure(width: float = 6.0, height: float = 3.0):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(width, height))
+
+
+def histogram(series: dict[str, Sequence[float] | np.ndarray], title: str, xlabel: str, log_x: bool = False, bins: int = 40) -> dg.MetadataValue:
+    """One overlaid histogram per named series."""
+    fig, ax = new_figure()
+    arrays = {k: np.asarray(v, dtype=float) for k, v in series.items()}
+    arrays = {k: a[np.isfinite(a)] for k, a in arrays.items()}
+    finite = np.concatenate([a for a in arrays.values() if a.size] or [np.zeros(1)])
+    if log_x:
+        finite = finite[finite > 0]
+        lo, hi = (max(finite.min(), 1), max(finite.max(), 2)) if finite.size else (1, 10)
+        edges = np.logspace(np.log10(lo), np.log10(hi), bins)
+        ax.set_xscale("log")
+    else:
+        edges = np.histogram_bin_edges(finite, bins=bins)
+    for name, values in arrays.items():
+        ax.hist(values[values > 0] if log_x else values, bins=edges, alpha=0.6, label=name)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("rows")
+    if len(arrays) > 1:
+        ax.legend()
+    return png_md(fig, title)
+
+
+def bar_chart(labels: Sequence[str], values: Sequence[float], title: str, xlabel: str = "") -> dg.MetadataValue:
+    fig, ax = new_figure(6.0, max(2.0, 0.25 * len(labels) + 0.8))
+    ax.barh(list(labels)[::-1], list(values)[::-1])
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    return png_md(fig, title)
+
+
+def counts_md(counts: dict[str, int], key: str = "value", value: str = "rows") -> dg.MetadataValue:
+    df = pl.DataFrame({key: list(counts), value: list(counts.values())}) if counts else pl.DataFrame()
+    return md(df)

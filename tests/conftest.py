@@ -1,0 +1,38 @@
+import os
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from curation_assets.definitions import build_resources
+from curation_assets.landing import land_file
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+RAW = SHARED / "data" / "raw"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture
+def raw_data() -> Path:
+    """The real public pools in ../shared/data/raw; tests that need them skip without them."""
+    if not RAW.is_dir():
+        pytest.skip("../shared/data/raw is absent")
+    return RAW
+
+
+@pytest.fixture
+def resources(tmp_path):
+    return build_resources(str(tmp_path / "home"))
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+def land(resources, path: Path, name: str | None = None) -> str:
+    """Land `path` as a pool shard and return its partition key (what the sensor does)."""
+    return land_file(Path(path), resources["storage"].landed, name or Path(path).name).partition

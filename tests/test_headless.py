@@ -1,0 +1,31 @@
+"""The headless runner on the demo pool shipped in the project."""
+
+import json
+from pathlib import Path
+
+import polars as pl
+
+from curation_assets.headless import RunConfig, run_graph
+
+DEMO = Path(__file__).resolve().parents[1] / "demo"
+
+
+def test_demo_pool_runs_end_to_end_and_incrementally(tmp_path, instance):
+    config = RunConfig.load(DEMO / "config.yaml")
+    config.home = str(tmp_path / "home")
+    report = run_graph([DEMO / "pool"], config, instance=instance, log=lambda _: None)
+    assert len(report.landed) == 7 and all(report.shard_runs.values()) and len(report.shard_runs) == 7
+
+    pool = pl.read_parquet(report.home / "assets" / "raw_pool" / "*.parquet")
+    quarantine = pl.read_parquet(report.home / "assets" / "raw_pool_quarantine" / "*.parquet")
+    assert set(pool["shape"]) == {"alpaca", "sharegpt", "openai_messages", "question_answer", "prompt_completion"}
+    assert pool["duplicate_of"].drop_nulls().len() == 2 and quarantine.height == 5
+    assert pool["row_id"].n_unique() == pool.filter(pl.col("duplicate_of").is_null()).height
+
+    # Nothing new: nothing runs. A new file: only its shard runs.
+    again = run_graph([DEMO / "pool"], config, instance=instance, log=lambda _: None)
+    assert again.shard_runs == {}
+    extra = tmp_path / "more.jsonl"
+    extra.write_text(json.dumps({"prompt": "Name a color.", "completion": "Teal."}) + "\n")
+    grown = run_graph([DEMO / "pool", extra], config, instance=instance, log=lambda _: None)
+    assert list(grown.shard_runs) == [next(f.partition for f in grown.landed if f.source_path == "more.jsonl")]
