@@ -5,8 +5,11 @@ from __future__ import annotations
 import dagster as dg
 from dagster_polars import PolarsParquetIOManager
 
+from curation_assets import knowledge_tree, normalized_tags, open_tags
 from curation_assets import raw_pool as raw_pool_module
+from resources.models import EmbedderResource
 from resources.storage import CurationStorage
+from resources.tagger import TaggerResource
 
 
 def build_resources(home: str | None = None, resource_config: dict | None = None) -> dict:
@@ -28,8 +31,11 @@ def build_resources(home: str | None = None, resource_config: dict | None = None
 RESOURCE_TYPES = {
     "storage": CurationStorage,
     "landing": raw_pool_module.LandingSensorConfig,
+    "embedder": EmbedderResource,
+    "tagger": TaggerResource,
+    "tree_namer": knowledge_tree.TreeNamerResource,
 }
-ASSETS = [raw_pool_module.raw_pool]
+ASSETS = [raw_pool_module.raw_pool, open_tags.open_tags, normalized_tags.normalized_tags, knowledge_tree.knowledge_tree]
 CHECKS = [raw_pool_module.raw_pool_reconciles]
 SENSORS = [raw_pool_module.landing_sensor]
 

@@ -85,3 +85,59 @@ def bar_chart(labels: Sequence[str], values: Sequence[float], title: str, xlabel
 def counts_md(counts: dict[str, int], key: str = "value", value: str = "rows") -> dg.MetadataValue:
     df = pl.DataFrame({key: list(counts), value: list(counts.values())}) if counts else pl.DataFrame()
     return md(df)
+
+
+def _children(nodes: pl.DataFrame) -> dict:
+    kids: dict = {}
+    for node, parent, rows in nodes.select("node_id", "parent_id", "leaf_rows").sort("leaf_rows", descending=True).iter_rows():
+        kids.setdefault(parent, []).append(node)
+    return kids
+
+
+def tree_markdown(nodes: pl.DataFrame, max_depth: int = 3, max_children: int = 8) -> str:
+    """An indented outline of the top of the tree: label, leaves and rows per node."""
+    info = {n: (label, leaves, rows) for n, label, leaves, rows in nodes.select("node_id", "label", "n_leaves", "leaf_rows").iter_rows()}
+    kids = _children(nodes)
+    lines: list[str] = []
+
+    def walk(node, depth):
+        children = kids.get(node, [])
+        for child in children[:max_children]:
+            label, leaves, rows = info[child]
+            lines.append(f"{'  ' * depth}- **{label}** ({leaves} tags, {int(rows)} rows)")
+            if depth + 1 < max_depth:
+                walk(child, depth + 1)
+        if len(children) > max_children:
+            lines.append(f"{'  ' * depth}- … {len(children) - max_children} more")
+
+    walk(0, 0)
+    return "\n".join(lines) or "_(empty tree)_"
+
+
+def sunburst(nodes: pl.DataFrame, rings: int = 3, title: str = "Knowledge tree") -> dg.MetadataValue:
+    """The top `rings` levels as concentric rings; arc width = rows under the node."""
+    import matplotlib.cm as cm
+
+    fig, ax = new_figure(6.0, 6.0)
+    info = {n: (label, rows) for n, label, rows in nodes.select("node_id", "label", "leaf_rows").iter_rows()}
+    kids = _children(nodes)
+    total = info[0][1] or 1.0
+    colors = cm.tab20.colors
+    spans = {0: (0.0, 360.0, 0)}
+    for ring in range(1, rings + 1):
+        next_spans = {}
+        for parent, (start, width, color) in spans.items():
+            cursor = start
+            for i, child in enumerate(kids.get(parent, [])):
+                w = 360.0 * info[child][1] / total
+                c = color if ring > 1 else i % len(colors)
+                next_spans[child] = (cursor, w, c)
+                ax.pie([w, 360.0 - w], radius=0.25 + 0.25 * ring, startangle=cursor, counterclock=True,
+                       colors=[colors[c], (0, 0, 0, 0)], wedgeprops={"width": 0.24, "edgecolor": "white", "linewidth": 0.5})
+                if ring == 1 and w > 12:
+                    angle = np.deg2rad(cursor + w / 2)
+                    ax.text(0.37 * np.cos(angle), 0.37 * np.sin(angle), _cell(info[child][0], 22), ha="center", va="center", fontsize=6)
+                cursor += w
+        spans = next_spans
+    ax.set(aspect="equal", title=title)
+    return png_md(fig, title)

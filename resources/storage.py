@@ -81,6 +81,9 @@ class CurationStorage(dg.ConfigurableResource):
             )
         return orjson.loads(path.read_bytes())
 
+    def row_cache(self, stage: str, version: str) -> "RowCache":
+        return RowCache(self.cache / stage / version)
+
     @contextmanager
     def staging(self, name: str) -> Iterator[Path]:
         """A scratch folder removed when the block ends, crash or not."""
@@ -90,3 +93,36 @@ class CurationStorage(dg.ConfigurableResource):
             yield path
         finally:
             shutil.rmtree(path, ignore_errors=True)
+
+
+class RowCache:
+    """Per-row results of one stage under one method version: `<cache>/<stage>/<version>/*.parquet`.
+
+    Keyed by `row_id`, so a row seen in any earlier shard or run is never computed twice, and a new
+    version (model or method config) starts an empty folder: exactly the affected results go stale.
+    Results are appended in small parts as they are computed, so an interrupted run resumes where
+    it stopped.
+    """
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def _files(self) -> list[str]:
+        return sorted(str(p) for p in self.root.glob("*.parquet")) if self.root.is_dir() else []
+
+    def lookup(self, row_ids: pl.Series) -> pl.DataFrame | None:
+        """Cached rows for `row_ids` (one per row_id), or None when nothing is cached yet."""
+        files = self._files()
+        if not files:
+            return None
+        wanted = pl.LazyFrame({"row_id": row_ids.unique()})
+        return pl.scan_parquet(files).join(wanted, on="row_id", how="semi").unique("row_id", keep="first", maintain_order=True).collect()
+
+    def append(self, rows: pl.DataFrame) -> None:
+        if rows.is_empty():
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        name = f"{uuid.uuid4().hex}.parquet"
+        tmp = self.root / f".{name}.tmp"
+        rows.write_parquet(tmp, compression="zstd")
+        os.replace(tmp, self.root / name)

@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def raw_data() -> Path:
     """The real public pools in ../shared/data/raw; tests that need them skip without them."""
     if not RAW.is_dir():

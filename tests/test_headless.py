@@ -22,6 +22,15 @@ def test_demo_pool_runs_end_to_end_and_incrementally(tmp_path, instance):
     assert pool["duplicate_of"].drop_nulls().len() == 2 and quarantine.height == 5
     assert pool["row_id"].n_unique() == pool.filter(pl.col("duplicate_of").is_null()).height
 
+    # The global assets ran on the whole pool: every canonical row has tags, most sit on the tree.
+    assert report.global_run
+    tags = pl.read_parquet(report.home / "assets" / "normalized_tags.parquet")
+    tree = pl.read_parquet(report.home / "assets" / "knowledge_tree.parquet")
+    members = pl.read_parquet(report.home / "assets" / "tree_memberships.parquet")
+    assert tags.height == pool["row_id"].n_unique()
+    assert tree.filter(pl.col("is_leaf")).height == tags["canonical_tags"].explode().drop_nulls().n_unique()
+    assert members["row_id"].n_unique() >= 0.95 * tags.height
+
     # Nothing new: nothing runs. A new file: only its shard runs.
     again = run_graph([DEMO / "pool"], config, instance=instance, log=lambda _: None)
     assert again.shard_runs == {}

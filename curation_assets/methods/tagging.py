@@ -1,0 +1,166 @@
+"""Open tagging: the prompts, the parser of tagger answers, and an offline keyphrase tagger.
+
+Two prompt styles (research/tags-tacos.md):
+- "instag": InsTag's intention tagging, reused by TACOS (§1.2, §3): coarse intention tags with an
+  explanation, answered as a JSON list `[{"tag", "explanation"}]`. Only the instruction is shown.
+- "atomic": TAGS's fine-grained tagging (§2.2): the atomic knowledge concepts and skills a query
+  needs, answered as `{"tags": [{"tag", "explanation"}]}`.
+The offline default ("keyphrase") needs no LLM: KeyBERT-style keyphrases of the instruction,
+chosen by embedding similarity with maximal-marginal-relevance diversity.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import numpy as np
+import orjson
+
+from resources.llm import Messages, ParseError
+
+INSTAG_SYSTEM = (
+    "You are a helpful assistant. Identify the intentions of the user in the query below, give each "
+    "one a tag and explain it briefly. Answer in JSON: a list of objects with the keys \"tag\" and "
+    "\"explanation\"."
+)
+INSTAG_USER = (
+    "You are a tagging system that gives useful tags to the intentions behind instructions, so that "
+    "instructions can be told apart when training a helpful AI assistant. Here is an instruction:\n"
+    "[begin]\n{instruction}\n[end]\n"
+    "Tag the main intentions of the instruction with coarse-grained tags, such as \"Spelling and "
+    "Grammar Check\" or \"Cosplay\". Give a list of tag titles, each with a short explanation, "
+    "strictly in this JSON format: [{{\"tag\": str, \"explanation\": str}}]. Answer in English."
+)
+ATOMIC_SYSTEM = "You are an expert annotator of the knowledge and skills that instructions require. Answer in JSON only."
+ATOMIC_USER = (
+    "List the atomic knowledge concepts and skills that answering the query below requires.\n"
+    "- Each tag is a short, specific noun phrase of 2 to 6 words naming one concept.\n"
+    "- Prefer a specific concept (for example \"modular inverse\") to a broad category (for example "
+    "\"Mathematics\").\n"
+    "- Give between 3 and 10 tags.\n"
+    "Query:\n[begin]\n{instruction}\n[end]\n"
+    "Answer strictly in this JSON format: {{\"tags\": [{{\"tag\": str, \"explanation\": str}}]}}"
+)
+PROMPTS = {"instag": (INSTAG_SYSTEM, INSTAG_USER), "atomic": (ATOMIC_SYSTEM, ATOMIC_USER)}
+MAX_TAG_CHARS = 120
+
+_FENCE = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\r?\n?(.*?)\r?\n?[ \t]*```", re.DOTALL)
+
+
+def tagging_messages(instruction: str, style: str) -> Messages:
+    """The chat messages for one instruction. The template is filled once, so text inside the
+    instruction that looks like a placeholder is left alone (TACOS's chained replace was not)."""
+    system, user = PROMPTS[style]
+    return [{"role": "system", "content": system}, {"role": "user", "content": user.format(instruction=instruction)}]
+
+
+def parse_tags(text: str) -> list[dict[str, str]]:
+    """Tags from a tagger's answer: a JSON list, or an object with a "tags" list, optionally inside
+    a ``` fence (any case, CRLF or not). Raises ParseError if no valid tag list is found."""
+    if text is None:
+        raise ParseError("empty answer")
+    candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text]
+    start = min((i for i in (text.find("["), text.find("{")) if i >= 0), default=-1)
+    if start >= 0:
+        candidates.append(text[start:])
+    last_error = "no JSON found"
+    for candidate in candidates:
+        try:
+            data = orjson.loads(candidate.strip())
+        except orjson.JSONDecodeError as exc:
+            last_error = f"invalid JSON ({str(exc)[:80]})"
+            continue
+        try:
+            return _validate(data)
+        except ParseError as exc:
+            last_error = str(exc)
+    raise ParseError(last_error)
+
+
+def _validate(data) -> list[dict[str, str]]:
+    if isinstance(data, dict):
+        data = data.get("tags", [data] if "tag" in data else None)
+    if not isinstance(data, list) or not data:
+        raise ParseError("expected a non-empty list of {tag, explanation}")
+    tags = []
+    for item in data:
+        if not isinstance(item, dict) or not isinstance(item.get("tag"), str):
+            raise ParseError("every item needs a string 'tag'")
+        tag = " ".join(item["tag"].split())
+        explanation = item.get("explanation", "")
+        if not isinstance(explanation, str):
+            raise ParseError("'explanation' must be a string")
+        if not tag or len(tag) > MAX_TAG_CHARS:
+            raise ParseError(f"tag is empty or longer than {MAX_TAG_CHARS} characters")
+        tags.append({"tag": tag, "explanation": explanation.strip()})
+    return tags
+
+
+# --------------------------------------------------------------------------- offline keyphrases
+
+
+_WORD = r"(?u)\b[a-zA-Z][a-zA-Z+#\-]*[a-zA-Z+#]\b|\b[a-zA-Z]\+\+|\b[cCfF]#"
+# Words that say what to do with the text rather than what it is about: never keyphrases alone.
+INSTRUCTION_WORDS = frozenset(
+    "answer ask based briefly create describe did does example explain following generate give given help "
+    "implement input list make need output please provide question questions rewrite say show summarize "
+    "takes tell use used using want way write".split()
+)
+
+
+def keyphrase_tags(
+    texts: list[str],
+    encode: Callable[[list[str]], np.ndarray],
+    *,
+    top_n: int = 5,
+    ngram_range: tuple[int, int] = (1, 2),
+    diversity: float = 0.5,
+) -> list[list[dict[str, str]]]:
+    """KeyBERT-style tags: the n-grams of each text most similar to the text as a whole.
+
+    Candidates are English n-grams without stop words; each text's candidates are ranked by cosine
+    similarity to the text's embedding and picked with maximal marginal relevance (`diversity`
+    trades similarity for novelty). Candidate embeddings are shared across the batch.
+    """
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    out: list[list[dict[str, str]]] = [[] for _ in texts]
+    docs = [t if t and t.strip() else "" for t in texts]
+    nonempty = [i for i, d in enumerate(docs) if re.search(_WORD, d)]
+    if not nonempty:
+        return out
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    stop_words = sorted(ENGLISH_STOP_WORDS | INSTRUCTION_WORDS)
+    vectorizer = CountVectorizer(ngram_range=ngram_range, stop_words=stop_words, token_pattern=_WORD, lowercase=True)
+    try:
+        counts = vectorizer.fit_transform([docs[i] for i in nonempty]).tocsr()
+    except ValueError:  # only stop words everywhere
+        return out
+    vocab = vectorizer.get_feature_names_out()
+    used = np.unique(counts.indices)
+    emb = encode([str(vocab[j]) for j in used])
+    cand_vecs = np.zeros((len(vocab), emb.shape[1]), dtype=np.float32)
+    cand_vecs[used] = emb
+    doc_vecs = encode([docs[i] for i in nonempty])
+    for row, i in enumerate(nonempty):
+        cols = counts.indices[counts.indptr[row] : counts.indptr[row + 1]]
+        if cols.size == 0:
+            continue
+        vecs = cand_vecs[cols]
+        sims = vecs @ doc_vecs[row]
+        picked = _mmr(sims, vecs, min(top_n, cols.size), diversity)
+        out[i] = [{"tag": str(vocab[cols[j]]), "explanation": f"keyphrase of the instruction (similarity {sims[j]:.2f})"} for j in picked]
+    return out
+
+
+def _mmr(sims: np.ndarray, vecs: np.ndarray, k: int, diversity: float) -> list[int]:
+    """Maximal marginal relevance: (1 - diversity) * relevance - diversity * redundancy."""
+    chosen = [int(np.argmax(sims))]
+    pair = vecs @ vecs.T
+    while len(chosen) < k:
+        rest = np.setdiff1d(np.arange(len(sims)), chosen)
+        score = (1 - diversity) * sims[rest] - diversity * pair[np.ix_(rest, chosen)].max(axis=1)
+        chosen.append(int(rest[np.argmax(score)]))
+    return chosen

@@ -1,0 +1,107 @@
+"""normalized_tags: canonical tags and TACOS clusters for the whole pool; tag_vocabulary: the mapping."""
+
+import dagster as dg
+import polars as pl
+from pydantic import Field
+
+from curation_assets import ui
+from curation_assets.methods.tag_normalization import NormalizationSettings, normalize_tags
+from curation_assets.rowwise import cached_encode
+from resources.models import EmbedderResource
+from resources.storage import CurationStorage
+
+ALL_SHARDS = dg.AssetIn(partition_mapping=dg.AllPartitionMapping(), metadata={"allow_missing_partitions": True})
+
+
+class NormalizedTagsConfig(dg.Config):
+    """TACOS / InsTag normalization settings (research/tags-tacos.md §1.3, §3)."""
+
+    alpha: int = Field(20, description="Drop tags used by fewer rows than this (TACOS: 20).")
+    count_on: str = Field("normalized", description="normalized: count after the rules; raw: count raw strings (TACOS).")
+    stem: str = Field("word", description="word: stem each word (Snowball); phrase: TACOS's whole-phrase Porter; none.")
+    merge_threshold: float | None = Field(0.95, description="Merge tags with cosine >= this into one canonical tag (InsTag); null = off.")
+    association: bool = Field(False, description="InsTag association aggregation (tags that always co-occur merge).")
+    min_support: int = Field(40, description="Association: rows a tag needs before its rules count.")
+    min_confidence: float = Field(0.99, description="Association: co-occurrence share that merges two tags.")
+    n_clusters: int = Field(50, description="K-means clusters over canonical tags (TACOS: 50).")
+    embed_text: str = Field("surface", description="surface: embed each tag's commonest spelling; normalized: the stemmed key (TACOS).")
+    seed: int = Field(0, description="K-means seed (TACOS leaves it unseeded).")
+
+    def settings(self) -> NormalizationSettings:
+        return NormalizationSettings(**self.model_dump())
+
+
+def pool_rows(raw_pool: dict[str, pl.LazyFrame]) -> pl.LazyFrame:
+    """Canonical rows of all shards, each conversation once, in pool order (partition, source row)."""
+    frames = [lf.filter(pl.col("duplicate_of").is_null()) for lf in raw_pool.values()]
+    if not frames:
+        return pl.LazyFrame(schema={"row_id": pl.String, "source_partition": pl.String, "source_row": pl.Int64})
+    return pl.concat(frames, how="diagonal_relaxed").sort("source_partition", "source_row").unique("row_id", keep="first", maintain_order=True)
+
+
+def _metadata(rows: pl.DataFrame, vocabulary: pl.DataFrame, settings: NormalizationSettings) -> tuple[dict, dict]:
+    canon = rows.select(pl.col("canonical_tags")).explode("canonical_tags").drop_nulls()
+    top = canon.group_by("canonical_tags").len().sort(["len", "canonical_tags"], descending=[True, False]).head(20)
+    clusters = rows.select(pl.col("clusters")).explode("clusters").drop_nulls().group_by("clusters").len()
+    labels = (
+        vocabulary.drop_nulls("cluster").group_by("cluster", "canonical_tag").agg(pl.col("count").first())
+        .sort(["cluster", "count"], descending=[False, True]).group_by("cluster", maintain_order=True).agg(pl.col("canonical_tag").head(3).str.join(", ").alias("top_tags"))
+    )
+    cluster_table = clusters.rename({"clusters": "cluster", "len": "rows"}).join(labels, on="cluster", how="left").sort("rows", descending=True)
+    vocab_sizes = {
+        "raw tags": vocabulary.height,
+        "normalized tags": vocabulary["normalized"].n_unique(),
+        "kept after the frequency filter": vocabulary.filter(pl.col("canonical_tag").is_not_null())["normalized"].n_unique(),
+        "canonical tags": vocabulary["canonical_tag"].drop_nulls().n_unique(),
+        "clusters": clusters.height,
+    }
+    row_meta = {
+        "dagster/row_count": rows.height,
+        "rows_without_tags": int((rows["n_canonical"] == 0).sum()),
+        "labelset_representatives": int(rows["labelset_representative"].sum()),
+        "vocabulary": ui.counts_md(vocab_sizes, "stage", "tags"),
+        "top_canonical_tags": ui.md(top.rename({"canonical_tags": "tag", "len": "rows"})),
+        "cluster_sizes": ui.md(cluster_table.head(50)),
+        "settings": dg.MetadataValue.json(settings.__dict__),
+    }
+    if top.height:
+        row_meta["tag_frequency"] = ui.bar_chart(top["canonical_tags"].to_list(), top["len"].to_list(), "Most used canonical tags", "rows")
+    if cluster_table.height:
+        row_meta["cluster_size_plot"] = ui.bar_chart([f"{c}: {t}" for c, t in zip(cluster_table["cluster"], cluster_table["top_tags"].fill_null(""))][:25], cluster_table["rows"].to_list()[:25], "Largest clusters", "rows")
+    dropped = vocabulary.group_by("dropped_reason").len().drop_nulls()
+    vocab_meta = {
+        "dagster/row_count": vocabulary.height,
+        "dropped_by_reason": ui.md(dropped.rename({"len": "raw tags"})),
+        "preview": ui.md(vocabulary.head(15)),
+    }
+    return row_meta, vocab_meta
+
+
+@dg.multi_asset(
+    outs={
+        "normalized_tags": dg.AssetOut(description="Per row: canonical tags, TACOS clusters, label-set representative.", dagster_type=pl.DataFrame, kinds={"parquet", "polars"}, automation_condition=dg.AutomationCondition.eager()),
+        "tag_vocabulary": dg.AssetOut(description="Per raw tag: normalized form, canonical tag, cluster, counts, drop reason.", dagster_type=pl.DataFrame, kinds={"parquet", "polars"}, automation_condition=dg.AutomationCondition.eager()),
+    },
+    ins={"open_tags": ALL_SHARDS, "raw_pool": ALL_SHARDS},
+    group_name="tags",
+
+)
+def normalized_tags(
+    context: dg.AssetExecutionContext,
+    config: NormalizedTagsConfig,
+    open_tags: dict[str, pl.LazyFrame],
+    raw_pool: dict[str, pl.LazyFrame],
+    embedder: EmbedderResource,
+    storage: CurationStorage,
+):
+    pool = pool_rows(raw_pool).select("row_id", "response_chars", pl.int_range(pl.len()).alias("pool_order"))
+    tags = pl.concat(list(open_tags.values()), how="diagonal_relaxed") if open_tags else pl.LazyFrame(schema={"row_id": pl.String, "tags": pl.List(pl.Struct({"tag": pl.String}))})
+    tagged = tags.filter(pl.col("status") == "ok").select("row_id", pl.col("tags").list.eval(pl.element().struct.field("tag")).alias("raw_tags")).unique("row_id")
+    rows = pool.join(tagged, on="row_id", how="left").with_columns(pl.col("raw_tags").fill_null([])).sort("pool_order").collect()
+    settings = config.settings()
+    cache = storage.row_cache("embeddings", embedder.version())
+    out, vocabulary = normalize_tags(rows, lambda texts: cached_encode(texts, embedder.encode, cache), settings)
+    row_meta, vocab_meta = _metadata(out, vocabulary, settings)
+    context.log.info(f"{out.height} rows, {row_meta['vocabulary']}")
+    yield dg.Output(out, "normalized_tags", metadata=row_meta)
+    yield dg.Output(vocabulary, "tag_vocabulary", metadata=vocab_meta)

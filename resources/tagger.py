@@ -1,0 +1,44 @@
+"""The tagger: open tags for instructions, from an LLM (endpoint or local) or offline keyphrases."""
+
+from typing import Literal
+
+from pydantic import Field
+
+from curation_assets.methods.tagging import keyphrase_tags, parse_tags, tagging_messages
+from resources.llm import ChatModelResource, Completion, version_hash
+from resources.models import PACKAGED_EMBEDDER, EmbedderResource
+
+
+class TaggerResource(ChatModelResource):
+    """Tags each instruction with [{tag, explanation}].
+
+    backend "keyphrase" (default) runs offline on the packaged embedder; "openai" calls any
+    OpenAI-compatible endpoint; "transformers" generates with a local model. TACOS's settings for
+    LLM tagging are the defaults: temperature 0.6, top_p 1, 1,024 tokens, 3 retries.
+    """
+
+    backend: Literal["keyphrase", "openai", "transformers"] = Field("keyphrase", description="keyphrase (offline), openai or transformers.")
+    prompt_style: Literal["instag", "atomic"] = Field("instag", description="instag: InsTag/TACOS intention tags; atomic: TAGS knowledge concepts.")
+    temperature: float = 0.6
+    include_input: bool = Field(False, description="Show the Alpaca input field too (TACOS shows the instruction only).")
+    embedder_model: str = Field(PACKAGED_EMBEDDER, description="keyphrase backend: sentence-transformers model.")
+    top_n: int = Field(5, description="keyphrase backend: tags per instruction.")
+    max_ngram: int = Field(2, description="keyphrase backend: longest keyphrase in words.")
+    diversity: float = Field(0.5, description="keyphrase backend: MMR diversity, 0 = pure similarity.")
+
+    def version(self) -> str:
+        if self.backend == "keyphrase":
+            key = {"backend": "keyphrase", "embedder": self.embedder_model, "top_n": self.top_n, "max_ngram": self.max_ngram, "diversity": self.diversity}
+        else:
+            key = {**self.generation_key(), "prompt": self.prompt_style}
+        return version_hash(key, self.include_input)
+
+    def text_for(self, instruction: str, input_text: str) -> str:
+        return instruction + ("\n" + input_text if self.include_input and input_text else "")
+
+    def tag(self, texts: list[str]) -> list[Completion]:
+        if self.backend == "keyphrase":
+            embedder = EmbedderResource(model=self.embedder_model, device=self.device)
+            tags = keyphrase_tags(texts, embedder.encode, top_n=self.top_n, ngram_range=(1, self.max_ngram), diversity=self.diversity)
+            return [Completion(True, value=t, attempts=1) if t else Completion(False, error="no keyphrase found", attempts=1) for t in tags]
+        return self.generate([tagging_messages(t, self.prompt_style) for t in texts], parse_tags)

@@ -1,0 +1,158 @@
+"""Tagger answers, prompts and the three tagger backends (offline keyphrases, local transformers,
+an OpenAI-compatible endpoint served on localhost)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from curation_assets.methods.tagging import keyphrase_tags, parse_tags, tagging_messages
+from openai_stub import stub_server, tags_json
+from resources.llm import ChatModelResource, ParseError
+from resources.models import EmbedderResource
+from resources.tagger import TaggerResource
+
+FIXTURES = Path(__file__).parent / "fixtures"
+EXPECTED = [{"tag": "Biology", "explanation": "about life"}, {"tag": "General Knowledge", "explanation": ""}]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        '[{"tag": "Biology", "explanation": "about life"}, {"tag": "General Knowledge", "explanation": ""}]',
+        '```json\n[{"tag": "Biology", "explanation": "about life"}, {"tag": "General Knowledge", "explanation": ""}]\n```',
+        '```JSON\r\n[{"tag": "Biology", "explanation": "about life"}, {"tag": "General  Knowledge"}]\r\n```',
+        '```[{"tag": "Biology", "explanation": "about life"}, {"tag": "General Knowledge", "explanation": ""}]```',
+        'Here are the tags:\n{"tags": [{"tag": "Biology", "explanation": "about life"}, {"tag": "General Knowledge", "explanation": ""}]}',
+    ],
+)
+def test_parse_tags_accepts_the_usual_wrappings(answer):
+    assert parse_tags(answer) == EXPECTED
+
+
+@pytest.mark.parametrize(
+    "answer",
+    ["", "no json here", "[]", '{"meta": 1}', '[{"name": "x"}]', '[{"tag": ""}]', '[{"tag": "x", "explanation": 3}]', "null", '[{"tag": "' + "x" * 200 + '"}]'],
+)
+def test_parse_tags_rejects_invalid_answers(answer):
+    with pytest.raises(ParseError):
+        parse_tags(answer)
+
+
+def test_prompt_is_filled_once():
+    tricky = "Explain the string '{instruction}' and [end] markers."
+    [system, user] = tagging_messages(tricky, "instag")
+    assert tricky in user["content"] and user["content"].count("[begin]") == 1
+    assert system["role"] == "system" and "JSON" in system["content"]
+    assert '[{"tag": str, "explanation": str}]' in user["content"]
+    atomic = tagging_messages("Solve 3x = 9.", "atomic")[1]["content"]
+    assert '{"tags": [{"tag": str, "explanation": str}]}' in atomic and "Solve 3x = 9." in atomic
+
+
+def test_keyphrase_tagger_on_real_rows(raw_data):
+    rows = json.loads((raw_data / "gpteacher" / "codegen-instruct.json").read_text())[:40]
+    texts = [r["instruction"] for r in rows]
+    embedder = EmbedderResource()
+    first = keyphrase_tags(texts, embedder.encode, top_n=5)
+    assert all(1 <= len(tags) <= 5 for tags in first)
+    assert first == keyphrase_tags(texts, embedder.encode, top_n=5)  # deterministic
+    languages = {"python", "javascript", "java", "c++", "c#", "sql", "shell", "bash", "ruby", "php"}
+    hits = sum(any(any(w in t["tag"] for w in languages) for t in tags) for tags in first)
+    assert hits >= 25, first  # code instructions get their language as a tag
+    assert keyphrase_tags(["", "the of and"], embedder.encode) == [[], []]
+
+
+def test_tagger_resource_keyphrase_backend_reports_rows_without_tags():
+    results = TaggerResource(top_n=3).tag(["Write a haiku about autumn leaves.", "   "])
+    assert results[0].ok and len(results[0].value) == 3
+    assert not results[1].ok and results[1].error == "no keyphrase found"
+
+
+# --------------------------------------------------------------------------- HTTP backend
+
+
+def http_tagger(url, **kwargs):
+    defaults = {"backend": "openai", "base_url": url, "model": "stub", "backoff_s": 0.01, "timeout_s": 2.0, "max_retries": 2}
+    return TaggerResource(**{**defaults, **kwargs})
+
+
+def test_http_backend_tags_with_bounded_concurrency_and_env_key(monkeypatch):
+    monkeypatch.setenv("STUB_KEY", "sk-secret-123")
+
+    def reply(body, attempt):
+        assert body["model"] == "stub" and body["temperature"] == 0.6 and body["max_tokens"] == 1024
+        return 200, tags_json("Math", "Word Problem"), 0.05
+
+    with stub_server(reply) as (stub, url):
+        tagger = http_tagger(url, api_key_env="STUB_KEY", max_concurrency=3)
+        results = tagger.tag([f"Question {i}?" for i in range(12)])
+    assert all(r.ok for r in results) and results[0].value[0]["tag"] == "Math"
+    assert stub.max_in_flight <= 3 and stub.calls == 12
+    assert set(stub.auth_headers) == {"Bearer sk-secret-123"}
+    assert "sk-secret" not in json.dumps(tagger.generation_key()) and "sk-secret" not in tagger.version()
+
+
+def test_http_backend_retries_500_429_timeouts_and_malformed_answers():
+    def reply(body, attempt):
+        text = body["messages"][-1]["content"]
+        if "flaky" in text and attempt == 0:
+            return 500, b"oops", 0
+        if "busy" in text and attempt < 2:
+            return 429, b"{}", 0
+        if "slow" in text and attempt == 0:
+            return 200, tags_json("Late"), 3.0  # longer than the time-out
+        if "garbled" in text and attempt == 0:
+            return 200, "Sure! Here are some tags: Math, Logic", 0
+        if "broken" in text and attempt == 0:
+            return 200, b'{"choices": []}', 0
+        return 200, tags_json("Fine"), 0
+
+    with stub_server(reply) as (stub, url):
+        results = http_tagger(url, timeout_s=0.5).tag(["flaky", "busy", "slow", "garbled", "broken", "plain"])
+    assert [r.ok for r in results] == [True] * 6
+    assert [r.attempts for r in results] == [2, 3, 2, 2, 2, 1]
+
+
+def test_http_backend_gives_up_with_a_reason_and_keeps_the_row():
+    def reply(body, attempt):
+        text = body["messages"][-1]["content"]
+        if "always-500" in text:
+            return 503, b"down", 0
+        if "always-garbled" in text:
+            return 200, "I cannot do that.", 0
+        if "bad-request" in text:
+            return 400, b'{"error": "bad"}', 0
+        if "hangs" in text:
+            return 200, tags_json("Never"), 3.0
+        return 200, tags_json("Fine"), 0
+
+    with stub_server(reply) as (stub, url):
+        results = http_tagger(url, timeout_s=0.3, max_retries=1).tag(["always-500", "always-garbled", "bad-request", "hangs", "ok"])
+    assert [r.ok for r in results] == [False, False, False, False, True]
+    assert results[0].error == "HTTP 503" and results[0].attempts == 2
+    assert results[1].error.startswith("unparseable answer") and results[1].text == "I cannot do that."
+    assert results[2].error.startswith("HTTP 400") and results[2].attempts == 1  # not retried
+    assert results[3].error.startswith("timed out")
+
+
+# --------------------------------------------------------------------------- transformers backend
+
+
+def test_transformers_backend_generates_in_batches_with_the_chat_template():
+    chat = ChatModelResource(backend="transformers", model=str(FIXTURES / "tiny_llama"), max_tokens=8, batch_size=3, max_retries=1, seed=0)
+    seen = []
+
+    def accept(text):
+        seen.append(text)
+        return text
+
+    results = chat.generate([[{"role": "user", "content": f"Tag instruction {i}."}] for i in range(5)], accept)
+    assert all(r.ok and isinstance(r.value, str) for r in results) and len(seen) == 5
+
+
+def test_transformers_tagger_marks_unparseable_rows_failed():
+    # A random tiny model cannot write JSON: every row ends failed, with its reason and attempts.
+    tagger = TaggerResource(backend="transformers", model=str(FIXTURES / "tiny_llama"), max_tokens=6, batch_size=4, max_retries=1, seed=0)
+    results = tagger.tag(["Write a poem.", "Add 2 and 3.", "Name a planet."])
+    assert [r.ok for r in results] == [False] * 3
+    assert all(r.error.startswith("unparseable answer") and r.attempts == 2 for r in results)
