@@ -5,9 +5,10 @@ from __future__ import annotations
 import dagster as dg
 from dagster_polars import PolarsParquetIOManager
 
-from curation_assets import knowledge_tree, normalized_tags, open_tags
+from curation_assets import instance_scores, knowledge_tree, normalized_tags, open_tags
 from curation_assets import raw_pool as raw_pool_module
 from resources.models import EmbedderResource
+from resources.scorer import CausalLMScorerResource
 from resources.storage import CurationStorage
 from resources.tagger import TaggerResource
 
@@ -34,8 +35,17 @@ RESOURCE_TYPES = {
     "embedder": EmbedderResource,
     "tagger": TaggerResource,
     "tree_namer": knowledge_tree.TreeNamerResource,
+    "scorer": CausalLMScorerResource,
+    "judge": instance_scores.JudgeResource,
 }
-ASSETS = [raw_pool_module.raw_pool, open_tags.open_tags, normalized_tags.normalized_tags, knowledge_tree.knowledge_tree]
+ASSETS = [
+    raw_pool_module.raw_pool,
+    open_tags.open_tags,
+    normalized_tags.normalized_tags,
+    knowledge_tree.knowledge_tree,
+    instance_scores.instance_scores,
+    instance_scores.comparative_scores,
+]
 CHECKS = [raw_pool_module.raw_pool_reconciles]
 SENSORS = [raw_pool_module.landing_sensor]
 

@@ -6,11 +6,19 @@ from pydantic import Field
 
 from curation_assets import ui
 from curation_assets.methods.tag_normalization import NormalizationSettings, normalize_tags
+from curation_assets.partitions import pool_shards
 from curation_assets.rowwise import cached_encode
 from resources.models import EmbedderResource
 from resources.storage import CurationStorage
 
-ALL_SHARDS = dg.AssetIn(partition_mapping=dg.AllPartitionMapping(), metadata={"allow_missing_partitions": True})
+def all_shards(*assets: str) -> list[dg.AssetDep]:
+    """Dependencies on every shard of per-shard assets, read from storage by `shard_frames`
+    (lazily, and the same whether there is one shard or thousands)."""
+    return [dg.AssetDep(a, partition_mapping=dg.AllPartitionMapping()) for a in assets]
+
+
+def shard_frames(context: dg.AssetExecutionContext, storage: CurationStorage, asset: str) -> pl.LazyFrame | None:
+    return storage.scan_partitions(asset, only=context.instance.get_dynamic_partitions(pool_shards.name))
 
 
 class NormalizedTagsConfig(dg.Config):
@@ -31,12 +39,13 @@ class NormalizedTagsConfig(dg.Config):
         return NormalizationSettings(**self.model_dump())
 
 
-def pool_rows(raw_pool: dict[str, pl.LazyFrame]) -> pl.LazyFrame:
-    """Canonical rows of all shards, each conversation once, in pool order (partition, source row)."""
-    frames = [lf.filter(pl.col("duplicate_of").is_null()) for lf in raw_pool.values()]
-    if not frames:
-        return pl.LazyFrame(schema={"row_id": pl.String, "source_partition": pl.String, "source_row": pl.Int64})
-    return pl.concat(frames, how="diagonal_relaxed").sort("source_partition", "source_row").unique("row_id", keep="first", maintain_order=True)
+def pool_rows(raw_pool: pl.LazyFrame | None) -> pl.LazyFrame:
+    """Canonical rows of all shards, each conversation once, in pool order: landing time, then
+    partition and source row, so that rows of a newly landed file come last."""
+    if raw_pool is None:
+        return pl.LazyFrame(schema={"row_id": pl.String, "source_partition": pl.String, "source_row": pl.Int64, "landed_at": pl.String, "response_chars": pl.Int32})
+    pool = raw_pool.filter(pl.col("duplicate_of").is_null())
+    return pool.sort("landed_at", "source_partition", "source_row", nulls_last=False).unique("row_id", keep="first", maintain_order=True)
 
 
 def _metadata(rows: pl.DataFrame, vocabulary: pl.DataFrame, settings: NormalizationSettings) -> tuple[dict, dict]:
@@ -82,20 +91,20 @@ def _metadata(rows: pl.DataFrame, vocabulary: pl.DataFrame, settings: Normalizat
         "normalized_tags": dg.AssetOut(description="Per row: canonical tags, TACOS clusters, label-set representative.", dagster_type=pl.DataFrame, kinds={"parquet", "polars"}, automation_condition=dg.AutomationCondition.eager()),
         "tag_vocabulary": dg.AssetOut(description="Per raw tag: normalized form, canonical tag, cluster, counts, drop reason.", dagster_type=pl.DataFrame, kinds={"parquet", "polars"}, automation_condition=dg.AutomationCondition.eager()),
     },
-    ins={"open_tags": ALL_SHARDS, "raw_pool": ALL_SHARDS},
+    deps=all_shards("open_tags", "raw_pool"),
     group_name="tags",
 
 )
 def normalized_tags(
     context: dg.AssetExecutionContext,
     config: NormalizedTagsConfig,
-    open_tags: dict[str, pl.LazyFrame],
-    raw_pool: dict[str, pl.LazyFrame],
     embedder: EmbedderResource,
     storage: CurationStorage,
 ):
-    pool = pool_rows(raw_pool).select("row_id", "response_chars", pl.int_range(pl.len()).alias("pool_order"))
-    tags = pl.concat(list(open_tags.values()), how="diagonal_relaxed") if open_tags else pl.LazyFrame(schema={"row_id": pl.String, "tags": pl.List(pl.Struct({"tag": pl.String}))})
+    pool = pool_rows(shard_frames(context, storage, "raw_pool")).select("row_id", "response_chars", pl.int_range(pl.len()).alias("pool_order"))
+    tags = shard_frames(context, storage, "open_tags")
+    if tags is None:
+        tags = pl.LazyFrame(schema={"row_id": pl.String, "status": pl.String, "tags": pl.List(pl.Struct({"tag": pl.String, "explanation": pl.String}))})
     tagged = tags.filter(pl.col("status") == "ok").select("row_id", pl.col("tags").list.eval(pl.element().struct.field("tag")).alias("raw_tags")).unique("row_id")
     rows = pool.join(tagged, on="row_id", how="left").with_columns(pl.col("raw_tags").fill_null([])).sort("pool_order").collect()
     settings = config.settings()

@@ -37,6 +37,7 @@ POOL_COLUMNS = {
     "response": "Last assistant turn.",
     "n_turns": "Number of assistant turns.",
     "duplicate_of": "partition#row of the first copy of this conversation; null for the canonical row.",
+    "landed_at": "When the file was landed (UTC); pool order is (landed_at, partition, source_row).",
 }
 
 
@@ -135,6 +136,7 @@ def raw_pool(context: dg.AssetExecutionContext, config: RawPoolConfig, storage: 
                 data_path, options, partition=partition, source_file=manifest["source_path"], staging_dir=staging
             )
             pool = finish_pool(_scan(summary.pool_parts, "pool"), _canonical(storage.scan_partitions("raw_pool", exclude=partition)))
+            pool = pool.with_columns(pl.lit(manifest["landed_at"]).alias("landed_at"))
             staged = staging / "pool.parquet"
             pool.sink_parquet(staged, row_group_size=ROW_GROUP_ROWS)
             quarantine = _scan(summary.quarantine_parts, "quarantine").collect()

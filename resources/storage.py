@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -62,15 +62,20 @@ class CurationStorage(dg.ConfigurableResource):
         """Path where the Polars Parquet IO manager keeps `asset` (one file per partition)."""
         return self.assets / asset / f"{partition}.parquet" if partition else self.assets / f"{asset}.parquet"
 
-    def partition_files(self, asset: str, exclude: str | None = None) -> list[Path]:
+    def partition_files(self, asset: str, only: Iterable[str] | None = None, exclude: str | None = None) -> list[Path]:
         folder = self.assets / asset
         if not folder.is_dir():
             return []
-        return sorted(p for p in folder.glob("*.parquet") if p.stem != exclude)
+        keep = None if only is None else set(only)
+        return sorted(p for p in folder.glob("*.parquet") if p.stem != exclude and (keep is None or p.stem in keep))
 
-    def scan_partitions(self, asset: str, exclude: str | None = None) -> pl.LazyFrame | None:
-        files = self.partition_files(asset, exclude=exclude)
-        return pl.scan_parquet([str(f) for f in files]) if files else None
+    def scan_partitions(self, asset: str, only: Iterable[str] | None = None, exclude: str | None = None) -> pl.LazyFrame | None:
+        """All stored partitions of `asset` (or those in `only`) as one lazy frame; files written by
+        older code versions may lack newer columns, which come back null."""
+        files = self.partition_files(asset, only=only, exclude=exclude)
+        if not files:
+            return None
+        return pl.concat([pl.scan_parquet(str(f)) for f in files], how="diagonal_relaxed")
 
     def landed_manifest(self, partition: str) -> dict:
         path = self.landed / partition / "landing.json"

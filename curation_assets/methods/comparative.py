@@ -1,0 +1,125 @@
+"""TACOS comparative scoring within tag clusters (research/tags-tacos.md §1.4, §1.5;
+reference-quirks.md §7).
+
+Faithful default: in each cluster, the cluster's label-set representatives in pool order form
+disjoint consecutive pairs (0-1, 2-3, ...); a judge scores both items of a pair, 0-100, in one call,
+and each item keeps the score it got beside its partner. The reference drops an odd cluster's last
+item; here it is paired with a random item of the cluster that already has a score, and only the
+leftover's score is kept (research PROPOSAL). Options: `rounds` > 1 random re-pairings, each scored
+in both orders and averaged (position bias and partner luck), and Bradley-Terry strengths fitted on
+the implied wins.
+
+The answer parser reads the prompt's own "[Response k]: score" lines and the common variants
+(the last score after "Response k" counts); an answer without both scores, or with one outside
+0-100, is re-asked and at last recorded as unscored, never as 0 (the reference's regex did not match
+its own prompt's format and turned every miss into a 0).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from resources.llm import Messages, ParseError
+
+JUDGE_SYSTEM = "You are a careful and precise assistant who checks the quality of answers."
+PAIR_PROMPT = (
+    "You are an expert on supervised fine-tuning (SFT) data. Compare the two data items below and "
+    "score the quality of each one.\n"
+    "Judge how complete, clear, accurate, relevant, well explained, practical and safe each response "
+    "is as an answer to its instruction.\n"
+    "Rules:\n"
+    "- Score strictly and critically.\n"
+    "- Judge each item's response on its own; quality has nothing to do with length or position.\n"
+    "- Do not take diversity into account.\n"
+    "- Only this single-turn exchange counts.\n"
+    "The two items are about related topics. Give each a score from 0 to 100, weighting the seven "
+    "aspects equally. First write an overall analysis of both items, then a score and a short "
+    "explanation per aspect for each item, and end with exactly these two lines:\n"
+    "[Response 1]: <score>\n[Response 2]: <score>\n\n"
+    "[Instruction 1]\n{instruction_1}\n[Response 1]\n{response_1}\n\n"
+    "[Instruction 2]\n{instruction_2}\n[Response 2]\n{response_2}"
+)
+_SCORE = re.compile(r"Response\s*([12])\s*\**\s*\]?\s*\**\s*(?:score|rating)?\s*\**\s*[:：=\-]?\s*\**\s*\[?\s*(-?\d+(?:\.\d+)?)", re.IGNORECASE)
+
+
+def pair_messages(first: tuple[str, str], second: tuple[str, str]) -> Messages:
+    """The judge prompt for (instruction, response) pairs; filled once, so text that looks like a
+    placeholder inside an item is left alone."""
+    fields = {"instruction_1": first[0], "response_1": first[1], "instruction_2": second[0], "response_2": second[1]}
+    user = re.sub(r"\{(instruction_[12]|response_[12])\}", lambda m: fields[m.group(1)], PAIR_PROMPT)
+    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
+
+
+def parse_pair_scores(text: str) -> tuple[float, float]:
+    found: dict[str, float] = {}
+    for match in _SCORE.finditer(text or ""):
+        found[match.group(1)] = float(match.group(2))
+    if set(found) != {"1", "2"}:
+        raise ParseError("no '[Response 1]: score' and '[Response 2]: score' lines")
+    scores = (found["1"], found["2"])
+    if not all(0 <= s <= 100 for s in scores):
+        raise ParseError(f"scores {scores} outside 0-100")
+    return scores
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One judge call: `first` and `second` are row ids; `keep` says whose scores count."""
+
+    cluster: int
+    round: int
+    first: str
+    second: str
+    keep: tuple[bool, bool] = (True, True)
+
+
+def plan_comparisons(members: dict[int, list[str]], *, rounds: int = 1, both_orders: bool = False, seed: int = 0) -> list[Comparison]:
+    """Pairs per cluster. Round 0 is TACOS's: consecutive pairs in the given (pool) order; later
+    rounds shuffle the cluster first. An odd leftover meets a random earlier item of its cluster,
+    and only its own score is kept. A cluster of one has no partner and stays unscored."""
+    rng = random.Random(seed)
+    plan = []
+    for cluster in sorted(members):
+        rows = members[cluster]
+        for r in range(rounds):
+            order = list(rows) if r == 0 else rng.sample(rows, len(rows))
+            pairs = [(order[i], order[i + 1], (True, True)) for i in range(0, len(order) - 1, 2)]
+            if len(order) % 2 and len(order) > 1:
+                pairs.append((order[-1], rng.choice(order[:-1]), (True, False)))
+            for a, b, keep in pairs:
+                plan.append(Comparison(cluster, r, a, b, keep))
+                if both_orders:
+                    plan.append(Comparison(cluster, r, b, a, keep[::-1]))
+    return plan
+
+
+def bradley_terry(wins: list[tuple[str, str, float]], iterations: int = 200, tol: float = 1e-9) -> dict[str, float]:
+    """Log-strengths from (i, j, result) with result 1 if i beat j, 0.5 for a tie, 0 if j won
+    (Hunter's MM algorithm with a small symmetric prior so that unbeaten items stay finite)."""
+    items = sorted({x for w in wins for x in w[:2]})
+    index = {x: k for k, x in enumerate(items)}
+    n = len(items)
+    if not n:
+        return {}
+    w_count = np.full(n, 0.5)  # prior: half a win and half a loss against a virtual average item
+    pairs = np.zeros((n, n))
+    for i, j, r in wins:
+        a, b = index[i], index[j]
+        w_count[a] += r
+        w_count[b] += 1 - r
+        pairs[a, b] += 1
+        pairs[b, a] += 1
+    p = np.ones(n)
+    for _ in range(iterations):
+        denom = (pairs / (p[:, None] + p[None, :])).sum(axis=1) + 1.0 / (p + 1.0)
+        new = w_count / denom
+        new /= np.exp(np.mean(np.log(new)))
+        if np.max(np.abs(new - p)) < tol:
+            p = new
+            break
+        p = new
+    return {x: float(np.log(p[index[x]])) for x in items}

@@ -1,0 +1,118 @@
+"""Per-token cross-entropy of many sequences at once: the engine under every IFD-style score.
+
+A request is a token sequence and a span [start, end) of positions to score; position p is scored
+as CE(logits[p - 1], ids[p]), so position 0 never is. Requests are sorted by length and packed into
+right-padded batches of at most `token_budget` padded tokens. Only the hidden states of scored
+positions go through the LM head, in chunks, with the cross-entropy in float32; a batch that runs
+out of GPU memory is split in two and retried. Optional per-request embedding offsets (T-SHIRT's
+noise) are added to the input embeddings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+LM_HEAD_CHUNK = 8192  # scored positions per LM-head matmul (bounds the logits buffer)
+
+
+@dataclass
+class LossRequest:
+    ids: Sequence[int]
+    start: int
+    end: int
+    # Called with (device, dtype) for an (len(ids), hidden) tensor added to the input embeddings.
+    embed_offset: Callable[[torch.device, torch.dtype], torch.Tensor] | None = None
+
+
+def batches_by_budget(lengths: Sequence[int], token_budget: int, max_rows: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length, longest first, rows x max length <= budget."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches, current, longest = [], [], 0
+    for i in order:
+        n = max(lengths[i], 1)
+        if current and (max(longest, n) * (len(current) + 1) > token_budget or len(current) >= max_rows):
+            batches.append(current)
+            current, longest = [], 0
+        current.append(i)
+        longest = max(longest, n)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _lm_head_and_norm(model):
+    head = model.get_output_embeddings()
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    return head, softcap
+
+
+def _forward_batch(model, requests: list[LossRequest]) -> list[np.ndarray]:
+    device = next(model.parameters()).device
+    lengths = [len(r.ids) for r in requests]
+    width = max(lengths)
+    ids = torch.zeros((len(requests), width), dtype=torch.long)
+    mask = torch.zeros((len(requests), width), dtype=torch.long)
+    for b, r in enumerate(requests):
+        ids[b, : len(r.ids)] = torch.as_tensor(r.ids, dtype=torch.long)
+        mask[b, : len(r.ids)] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    rows, cols = [], []
+    for b, r in enumerate(requests):
+        lo, hi = max(r.start, 1), min(r.end, len(r.ids))
+        if hi > lo:
+            rows.append(torch.full((hi - lo,), b, dtype=torch.long))
+            cols.append(torch.arange(lo, hi, dtype=torch.long))
+    if not rows:
+        return [np.zeros(0, dtype=np.float32) for _ in requests]
+    rows_t, cols_t = torch.cat(rows).to(device), torch.cat(cols).to(device)
+
+    kwargs = {"attention_mask": mask}
+    if any(r.embed_offset is not None for r in requests):
+        embeds = model.get_input_embeddings()(ids)
+        for b, r in enumerate(requests):
+            if r.embed_offset is not None:
+                embeds[b, : len(r.ids)] += r.embed_offset(device, embeds.dtype)
+        kwargs["inputs_embeds"] = embeds
+    else:
+        kwargs["input_ids"] = ids
+    hidden = model.base_model(**kwargs).last_hidden_state
+    head, softcap = _lm_head_and_norm(model)
+    picked = hidden[rows_t, cols_t - 1]
+    targets = ids[rows_t, cols_t]
+    losses = torch.empty(len(rows_t), dtype=torch.float32, device=device)
+    for s in range(0, len(rows_t), LM_HEAD_CHUNK):
+        logits = head(picked[s : s + LM_HEAD_CHUNK]).float()
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        losses[s : s + LM_HEAD_CHUNK] = torch.nn.functional.cross_entropy(logits, targets[s : s + LM_HEAD_CHUNK], reduction="none")
+    losses = losses.cpu().numpy()
+    counts = [max(min(r.end, len(r.ids)) - max(r.start, 1), 0) for r in requests]
+    return np.split(losses, np.cumsum(counts)[:-1])
+
+
+def token_losses(model, requests: Sequence[LossRequest], *, token_budget: int = 32768, max_rows: int = 512) -> list[np.ndarray]:
+    """Float32 per-token losses of every request's span, in request order."""
+    out: list[np.ndarray | None] = [None] * len(requests)
+    pending = batches_by_budget([len(r.ids) for r in requests], token_budget, max_rows)
+    with torch.inference_mode():
+        while pending:
+            batch = pending.pop(0)
+            try:
+                for i, losses in zip(batch, _forward_batch(model, [requests[i] for i in batch])):
+                    out[i] = losses
+            except torch.OutOfMemoryError:
+                if len(batch) == 1:
+                    raise
+                torch.cuda.empty_cache()
+                half = len(batch) // 2
+                pending[:0] = [batch[:half], batch[half:]]
+    return out  # type: ignore[return-value]
+
+
+def mean_or_nan(values: np.ndarray) -> float:
+    """Mean in float64 of float32 losses; NaN for an empty span (as torch's mean of nothing)."""
+    return float(values.astype(np.float64).mean()) if values.size else float("nan")

@@ -1,0 +1,111 @@
+"""TACOS comparative scoring: judge answers, pairing, Bradley-Terry, and the asset with a judge
+served on localhost."""
+
+import json
+import re
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from conftest import land
+from curation_assets.instance_scores import JudgeResource, comparative_scores
+from curation_assets.methods.comparative import bradley_terry, pair_messages, parse_pair_scores, plan_comparisons
+from curation_assets.normalized_tags import normalized_tags
+from curation_assets.open_tags import open_tags
+from curation_assets.raw_pool import raw_pool
+from openai_stub import stub_server
+from resources.llm import ParseError
+
+
+@pytest.mark.parametrize(
+    "answer,scores",
+    [
+        ("Analysis...\n[Response 1]: 85\n[Response 2]: 72", (85, 72)),
+        ("[Response 1]: [85]\n[Response 2]: [72.5]", (85, 72.5)),
+        ("[Response 1] Score: 85\n[Response 2] Score: 90", (85, 90)),
+        ("**Response 1**: 60/100\n**Response 2**: 40/100", (60, 40)),
+        ("Response 1 has 3 flaws ... final:\nResponse 1: 55\nResponse 2: 66", (55, 66)),
+        ("response 1 score = 10\nresponse 2 score = 0", (10, 0)),
+    ],
+)
+def test_judge_answers_in_the_usual_formats(answer, scores):
+    assert parse_pair_scores(answer) == scores
+
+
+@pytest.mark.parametrize("answer", ["I cannot compare these.", "[Response 1]: 85", "[Response 1]: 150\n[Response 2]: 20", "[Response 1]: -5\n[Response 2]: 20"])
+def test_unusable_answers_are_errors_never_zero(answer):
+    with pytest.raises(ParseError):
+        parse_pair_scores(answer)
+
+
+def test_prompt_keeps_placeholder_like_text():
+    messages = pair_messages(("Explain {response_2} please", "It is {instruction_1}."), ("Q2", "A2"))
+    user = messages[1]["content"]
+    assert "Explain {response_2} please" in user and "It is {instruction_1}." in user and user.endswith("[Response 2]\nA2")
+
+
+def test_pairing_plan():
+    plan = plan_comparisons({0: ["a", "b", "c", "d", "e"], 1: ["x"], 2: ["p", "q"]}, seed=1)
+    faithful = [(p.cluster, p.first, p.second, p.keep) for p in plan]
+    assert faithful[:2] == [(0, "a", "b", (True, True)), (0, "c", "d", (True, True))]
+    leftover = faithful[2]
+    assert leftover[:2] == (0, "e") and leftover[2] in "abcd" and leftover[3] == (True, False)
+    assert (2, "p", "q", (True, True)) in faithful and not any(c == 1 for c, *_ in faithful)  # a cluster of one: no partner
+    swapped = plan_comparisons({0: ["a", "b"]}, rounds=2, both_orders=True, seed=0)
+    assert [(p.round, p.first, p.second) for p in swapped][:2] == [(0, "a", "b"), (0, "b", "a")] and len(swapped) == 4
+
+
+def test_bradley_terry_orders_by_wins():
+    wins = [("a", "b", 1), ("a", "c", 1), ("b", "c", 1), ("a", "b", 1), ("c", "b", 0.5)]
+    strength = bradley_terry(wins)
+    assert strength["a"] > strength["b"] > strength["c"]
+
+
+def test_asset_scores_pairs_within_clusters_with_a_local_judge(tmp_path, resources, instance):
+    rows = [{"instruction": f"Write a Python function number {i} that sorts a list.", "output": "x" * (10 + i)} for i in range(5)]
+    rows += [{"instruction": f"Explain photosynthesis in plants, part {i}.", "output": "y" * (5 + i)} for i in range(4)]
+    path = tmp_path / "pool.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    key = land(resources, path)
+    instance.add_dynamic_partitions("pool_shards", [key])
+    assets = [raw_pool, open_tags, normalized_tags, comparative_scores]
+    config = {"ops": {"normalized_tags": {"config": {"alpha": 1, "n_clusters": 2, "merge_threshold": None}}}}
+    assert dg.materialize(assets[:2], resources=resources, partition_key=key, instance=instance).success
+
+    def reply(body, attempt):
+        user = body["messages"][-1]["content"]
+        lengths = [len(x) for x in re.findall(r"\[Response \d\]\n([xy]+)", user)]
+        if "part 2" in user and attempt == 0:
+            return 200, "Both are fine.", 0  # no scores: re-asked
+        return 200, f"Analysis.\n[Response 1]: {min(100, 50 + lengths[0])}\n[Response 2]: {min(100, 50 + lengths[1])}", 0
+
+    with stub_server(reply) as (stub, url):
+        judged = {**resources, "judge": JudgeResource(enabled=True, base_url=url, model="stub", backoff_s=0.01)}
+        result = dg.materialize(assets, resources=judged, instance=instance, selection=["normalized_tags", "tag_vocabulary", "comparative_scores"], run_config=config)
+        assert result.success
+        table = pl.read_parquet(resources["storage"].asset_file("comparative_scores"))
+        calls = stub.calls
+        # The same pairs are not judged twice.
+        again = dg.materialize(assets, resources=judged, instance=instance, selection=[comparative_scores.key])
+        assert again.success and stub.calls == calls
+    assert table.height > 0 and table["score"].null_count() == 0
+    assert table.filter(pl.col("score") == 0).is_empty()
+    scored_rows = set(table["row_id"])
+    tags = pl.read_parquet(resources["storage"].asset_file("normalized_tags"))
+    reps = set(tags.filter(pl.col("labelset_representative"))["row_id"])
+    assert scored_rows <= reps
+    meta = result.asset_materializations_for_node("comparative_scores")[0].metadata
+    assert meta["failed_judgements"].value == 0 and "data:image/png" in meta["score_histogram"].value
+
+
+def test_disabled_judge_gives_an_empty_table(tmp_path, resources, instance):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"instruction": "Say hi.", "output": "Hi."}) + "\n")
+    key = land(resources, path)
+    instance.add_dynamic_partitions("pool_shards", [key])
+    assets = [raw_pool, open_tags, normalized_tags, comparative_scores]
+    assert dg.materialize(assets[:2], resources=resources, partition_key=key, instance=instance).success
+    result = dg.materialize(assets, resources=resources, instance=instance, selection=["normalized_tags", "tag_vocabulary", "comparative_scores"],
+                            run_config={"ops": {"normalized_tags": {"config": {"alpha": 1}}}})
+    assert result.success and pl.read_parquet(resources["storage"].asset_file("comparative_scores")).is_empty()
