@@ -1,12 +1,22 @@
 """`curate`: the headless entry point.
 
     curate run POOL... [--config FILE] [--home DIR] [--refresh]   land files and run the whole graph
+    curate why ROW [--home DIR] [--json]                            one sample's story, source to decision
+    curate export [--format F ...] [--out DIR] [--home DIR]         write the subset for training
 """
 
 import argparse
 import sys
 
 from curation_assets.headless import RunConfig, run_graph
+from resources.storage import CurationStorage
+
+
+def _storage(args) -> CurationStorage:
+    if args.home:
+        return CurationStorage(home=args.home)
+    config = RunConfig.load(getattr(args, "config", None))
+    return CurationStorage(home=config.home) if config.home else CurationStorage()
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -14,12 +24,48 @@ def _run(args: argparse.Namespace) -> int:
     if args.home:
         config.home = args.home
     report = run_graph(args.pool, config, refresh=args.refresh)
-    print(f"\noutputs under {report.home}")
-    print(f"  tables:     {report.home / 'assets'}")
+    home = report.home
+    print(f"\noutputs under {home}")
+    for label, path in [
+        ("selected subset", home / "assets" / "selected_subset.parquet"),
+        ("selection reasons", home / "assets" / "selection_reasons.parquet"),
+        ("exports", home / "exports" / "selected_subset"),
+        ("all tables", home / "assets"),
+    ]:
+        if path.exists():
+            print(f"  {label + ':':<19}{path}")
+    print("explain a row with: curate why <row_id or file:record>" + (f" --home {home}" if args.home or config.home else ""))
     failed = [p for p, ok in report.shard_runs.items() if not ok]
     if failed or report.global_run is False:
         print(f"failed shards: {failed}" if failed else "the global run failed", file=sys.stderr)
         return 1
+    return 0
+
+
+def _why(args: argparse.Namespace) -> int:
+    from curation_assets.why import story, story_json
+
+    try:
+        print(story_json(_storage(args), args.row) if args.json else story(_storage(args), args.row))
+    except LookupError as exc:
+        print(f"curate why: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from curation_assets.methods.export import export_subset
+
+    storage = _storage(args)
+    path = storage.asset_file("selected_subset")
+    if not path.exists():
+        print(f"curate export: no selected_subset under {storage.root}; run the graph first", file=sys.stderr)
+        return 2
+    written = export_subset(pl.read_parquet(path), args.out or storage.exports / "selected_subset", args.format)
+    for fmt, file in written.items():
+        print(f"{fmt:<9}{file}")
     return 0
 
 
@@ -32,6 +78,18 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--home", help="project data folder (default $CURATION_HOME or ./.curation)")
     run.add_argument("--refresh", action="store_true", help="re-run shards that are already materialized")
     run.set_defaults(func=_run)
+    why = sub.add_parser("why", help="explain one row: source, tags, tree, scores, decision")
+    why.add_argument("row", help="row_id (or a unique prefix), or FILE:RECORD")
+    why.add_argument("--home", help="project data folder")
+    why.add_argument("--config", help="the run's YAML config (for its home)")
+    why.add_argument("--json", action="store_true", help="machine-readable output")
+    why.set_defaults(func=_why)
+    export = sub.add_parser("export", help="write the selected subset for training frameworks")
+    export.add_argument("--format", action="append", choices=["alpaca", "sharegpt", "openai", "parquet"], help="repeatable; default all")
+    export.add_argument("--out", help="output folder (default <home>/exports/selected_subset)")
+    export.add_argument("--home", help="project data folder")
+    export.add_argument("--config", help="the run's YAML config (for its home)")
+    export.set_defaults(func=_export)
     args = parser.parse_args(argv)
     return args.func(args)
 

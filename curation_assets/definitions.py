@@ -5,7 +5,8 @@ from __future__ import annotations
 import dagster as dg
 from dagster_polars import PolarsParquetIOManager
 
-from curation_assets import instance_scores, knowledge_tree, normalized_tags, open_tags
+from curation_assets import instance_scores, knowledge_tree, normalized_tags, open_tags, selected_subset
+from curation_assets.automation import automation_sensor
 from curation_assets import raw_pool as raw_pool_module
 from resources.models import EmbedderResource
 from resources.scorer import CausalLMScorerResource
@@ -45,9 +46,11 @@ ASSETS = [
     knowledge_tree.knowledge_tree,
     instance_scores.instance_scores,
     instance_scores.comparative_scores,
+    selected_subset.selected_subset,
+    selected_subset.subset_export,
 ]
-CHECKS = [raw_pool_module.raw_pool_reconciles]
-SENSORS = [raw_pool_module.landing_sensor]
+CHECKS = [raw_pool_module.raw_pool_reconciles, selected_subset.selected_subset_checks]
+SENSORS = [raw_pool_module.landing_sensor, automation_sensor]
 
 
 def build_definitions(home: str | None = None, resource_config: dict | None = None) -> dg.Definitions:

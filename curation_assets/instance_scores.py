@@ -9,6 +9,7 @@ import polars as pl
 from pydantic import Field
 
 from curation_assets import ui
+from curation_assets.automation import global_refresh, shard_refresh
 from curation_assets.methods import comparative
 from curation_assets.methods.ifd import cherry_ifd, iterit_ifd, plain_ifd, samples_from_rows
 from curation_assets.methods.tshirt import noisy_scores
@@ -128,7 +129,7 @@ def _metadata(scores: pl.DataFrame, rows: pl.DataFrame, stats: dict, scorer: Cau
     group_name="scores",
     kinds={"parquet", "polars", "pytorch"},
     pool="gpu",
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=shard_refresh(),
     description="IFD-family scores per canonical row (Superfiltering, T-SHIRT, Cherry, IterIT), cached per model and method version.",
 )
 def instance_scores(
@@ -193,7 +194,7 @@ def _judge(pairs: pl.DataFrame, texts: dict[str, tuple[str, str]], judge: JudgeR
     deps=all_shards("raw_pool"),
     group_name="scores",
     kinds={"parquet", "polars"},
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=global_refresh(),
     description="TACOS comparative scores: one row per (row, cluster, round) judgement, 0-100, with its partner.",
 )
 def comparative_scores(

@@ -5,6 +5,7 @@ import polars as pl
 from pydantic import Field
 
 from curation_assets import ui
+from curation_assets.automation import shard_refresh
 from curation_assets.partitions import pool_shards
 from curation_assets.rowwise import compute_missing
 from resources.storage import CurationStorage
@@ -59,7 +60,7 @@ def _metadata(tags: pl.DataFrame, stats, tagger: TaggerResource) -> dict:
     group_name="tags",
     kinds={"parquet", "polars"},
     pool="gpu",
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=shard_refresh(),
     description="Open tags per canonical row; rows already tagged by the same tagger config are reused.",
 )
 def open_tags(

@@ -78,7 +78,7 @@ class EmbedderResource(dg.ConfigurableResource):
     _cache: dict = PrivateAttr(default_factory=dict)
 
     def version(self) -> str:
-        return f"st:{self.model}"
+        return f"sentence-transformers-{self.model}"
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Embeddings of `texts`; repeated texts are embedded once."""

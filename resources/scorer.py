@@ -51,7 +51,7 @@ class CausalLMScorerResource(dg.ConfigurableResource):
     model: str = Field("gpt2", description="Hugging Face id or local folder (Superfiltering and T-SHIRT use gpt2).")
     device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, cuda:1 ...")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    token_budget: int = Field(32768, description="Padded tokens per forward pass.")
+    token_budget: int | None = Field(None, description="Padded tokens per forward pass; default 32,768 on a GPU, 2,048 on a CPU.")
     attn_implementation: str = Field("sdpa", description="sdpa, eager, flash_attention_2 ...")
 
     def load(self):

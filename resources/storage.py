@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator
@@ -87,7 +88,8 @@ class CurationStorage(dg.ConfigurableResource):
         return orjson.loads(path.read_bytes())
 
     def row_cache(self, stage: str, version: str) -> "RowCache":
-        return RowCache(self.cache / stage / version)
+        # Path-safe: a ':' would read as a URL scheme to the Parquet readers.
+        return RowCache(self.cache / stage / re.sub(r"[^\w.-]", "_", version))
 
     @contextmanager
     def staging(self, name: str) -> Iterator[Path]:
@@ -120,8 +122,10 @@ class RowCache:
         files = self._files()
         if not files:
             return None
-        wanted = pl.LazyFrame({"row_id": row_ids.unique()})
-        return pl.scan_parquet(files).join(wanted, on="row_id", how="semi").unique("row_id", keep="first", maintain_order=True).collect()
+        # A filter, not a semi join: polars 1.44 panics on semi joins that return no rows when a
+        # column is a fixed-size array (cached embeddings).
+        hits = pl.scan_parquet(files).filter(pl.col("row_id").is_in(row_ids.unique().implode())).collect()
+        return hits.unique("row_id", keep="first", maintain_order=True) if hits.height else hits
 
     def append(self, rows: pl.DataFrame) -> None:
         if rows.is_empty():

@@ -105,7 +105,7 @@ class PlainIFD:
     error: str | None
 
 
-def plain_ifd(model, tokenizer, samples: list[Sample], *, max_length: int = 1024, token_budget: int = 32768) -> list[PlainIFD]:
+def plain_ifd(model, tokenizer, samples: list[Sample], *, max_length: int = 1024, token_budget: int | None = None) -> list[PlainIFD]:
     tokens = Tokens(tokenizer)
     prompts = [plain_prompt(s) for s in samples]
     whole = [p + s.output for p, s in zip(prompts, samples)]
@@ -158,7 +158,7 @@ class CherryIFD:
     skip: str | None  # why Cherry's selection drops the row, or None
 
 
-def cherry_ifd(model, tokenizer, samples: list[Sample], *, max_length: int = 512, token_budget: int = 32768) -> list[CherryIFD]:
+def cherry_ifd(model, tokenizer, samples: list[Sample], *, max_length: int = 512, token_budget: int | None = None) -> list[CherryIFD]:
     """Cherry LLM's loss-ratio IFD (cherry_seletion/data_analysis.py --mod cherry + data_by_IFD.py)."""
     tokens = Tokens(tokenizer)
     prompts = []
@@ -211,7 +211,7 @@ class IterITIFD:
 
 
 def iterit_ifd(
-    model, tokenizer, samples: list[Sample], *, max_length: int = 8192, token_budget: int = 32768, strip_output: bool = True
+    model, tokenizer, samples: list[Sample], *, max_length: int = 8192, token_budget: int | None = None, strip_output: bool = True
 ) -> list[IterITIFD]:
     """IterIT's IFD under the model's chat template (src/data_utils.py + src/iterative_trainer.py)."""
     if not getattr(tokenizer, "chat_template", None):

@@ -16,7 +16,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-LM_HEAD_CHUNK = 8192  # scored positions per LM-head matmul (bounds the logits buffer)
+# Logits elements per LM-head chunk, and padded tokens per batch, by device: large batches feed a GPU;
+# on a CPU, batches that stay in cache win (measured: benchmarks/bench_scores.py).
+LOGITS_PER_CHUNK = {"cuda": 1 << 28, "cpu": 1 << 23}
+TOKEN_BUDGET = {"cuda": 32768, "cpu": 2048}
+
+
+def default_token_budget(model) -> int:
+    return TOKEN_BUDGET.get(next(model.parameters()).device.type, TOKEN_BUDGET["cpu"])
 
 
 @dataclass
@@ -84,18 +91,21 @@ def _forward_batch(model, requests: list[LossRequest]) -> list[np.ndarray]:
     picked = hidden[rows_t, cols_t - 1]
     targets = ids[rows_t, cols_t]
     losses = torch.empty(len(rows_t), dtype=torch.float32, device=device)
-    for s in range(0, len(rows_t), LM_HEAD_CHUNK):
-        logits = head(picked[s : s + LM_HEAD_CHUNK]).float()
+    chunk = max(64, LOGITS_PER_CHUNK.get(device.type, LOGITS_PER_CHUNK["cpu"]) // head.out_features)
+    for s in range(0, len(rows_t), chunk):
+        logits = head(picked[s : s + chunk]).float()
         if softcap:
             logits = torch.tanh(logits / softcap) * softcap
-        losses[s : s + LM_HEAD_CHUNK] = torch.nn.functional.cross_entropy(logits, targets[s : s + LM_HEAD_CHUNK], reduction="none")
+        losses[s : s + chunk] = torch.nn.functional.cross_entropy(logits, targets[s : s + chunk], reduction="none")
     losses = losses.cpu().numpy()
     counts = [max(min(r.end, len(r.ids)) - max(r.start, 1), 0) for r in requests]
     return np.split(losses, np.cumsum(counts)[:-1])
 
 
-def token_losses(model, requests: Sequence[LossRequest], *, token_budget: int = 32768, max_rows: int = 512) -> list[np.ndarray]:
-    """Float32 per-token losses of every request's span, in request order."""
+def token_losses(model, requests: Sequence[LossRequest], *, token_budget: int | None = None, max_rows: int = 512) -> list[np.ndarray]:
+    """Float32 per-token losses of every request's span, in request order. The token budget
+    defaults to the device's (TOKEN_BUDGET)."""
+    token_budget = token_budget or default_token_budget(model)
     out: list[np.ndarray | None] = [None] * len(requests)
     pending = batches_by_budget([len(r.ids) for r in requests], token_budget, max_rows)
     with torch.inference_mode():

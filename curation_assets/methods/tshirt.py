@@ -79,7 +79,7 @@ def noisy_scores(
     alpha: float = 5.0,
     seed: int = 42,
     max_length: int = 1024,
-    token_budget: int = 32768,
+    token_budget: int | None = None,
 ) -> list[NoisyScores]:
     tokens = Tokens(tokenizer)
     prompts = [plain_prompt(s) for s in samples]

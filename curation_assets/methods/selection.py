@@ -1,0 +1,202 @@
+"""Selection rules of the reference codebases, as pure functions over arrays (row positions in, row
+positions out), each with the reference's filters and tie rules (research/reference-quirks.md §1,
+§4, §7; tags-tacos.md §1.5). TAGS, T-SHIRT and IterIT live in their own modules.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+def resolve_budget(budget: float, pool_size: int) -> int:
+    """A fraction (0 < budget <= 1) of the pool, or a count (budget > 1)."""
+    if budget <= 0:
+        raise ValueError(f"budget must be positive, got {budget}")
+    return min(int(budget * pool_size) if budget <= 1 else int(budget), pool_size)
+
+
+def superfiltering(ifd: np.ndarray, budget: int, threshold: float = 1.0) -> list[int]:
+    """select_data.py: keep IFD < threshold (strict; NaN drops out), stable sort descending, first
+    `budget`. The reference's budget is int(52002 x rate); here the caller gives it."""
+    keep = [i for i, v in enumerate(ifd) if v < threshold]
+    return sorted(keep, key=lambda i: -ifd[i])[:budget]  # Python's sort is stable, as the reference's
+
+
+def cherry(rate: np.ndarray, kept: np.ndarray, budget_rate: float | None = None, count: int | None = None) -> tuple[list[int], int]:
+    """data_by_IFD.py's selection: among kept rows (the skips already applied), sort (rate, index)
+    ascending and take the last n, returned in dataset order. n = int(len(kept) x rate) unless a
+    count is given. Deviations: NaN rates are dropped (the reference lets them through its `> 1`
+    test) and n = 0 selects nothing (the reference's [-0:] selects everything)."""
+    pairs = sorted((float(rate[i]), i) for i in range(len(rate)) if kept[i] and not math.isnan(rate[i]))
+    n = count if count else int(len(pairs) * (budget_rate or 0))
+    if n <= 0:
+        return [], n
+    return sorted(i for _, i in pairs[-n:]), n
+
+
+def top_k(values: np.ndarray, budget: int, *, descending: bool = True, valid: np.ndarray | None = None) -> list[int]:
+    """The `budget` best rows by one score, NaN and invalid rows out; ties to the lower row."""
+    ok = ~np.isnan(values) if valid is None else valid & ~np.isnan(values)
+    idx = np.flatnonzero(ok)
+    key = -values[idx] if descending else values[idx]
+    return idx[np.lexsort((idx, key))][:budget].tolist()
+
+
+def random_subset(n: int, budget: int, seed: int) -> list[int]:
+    return np.random.default_rng(seed).permutation(n)[:budget].tolist()
+
+
+# --------------------------------------------------------------------------- DEITA
+
+
+def deita_score(per_key_turn_scores: Sequence[Sequence[Sequence[float]]]) -> np.ndarray:
+    """Combined_Filter._sort: per row, sum over turns of the product over keys of the turn scores
+    (a single-turn key broadcasts; mismatched turn counts are an error, as in numpy)."""
+    n = len(per_key_turn_scores[0])
+    out = np.empty(n)
+    for i in range(n):
+        prod = np.asarray(per_key_turn_scores[0][i], dtype=np.float64)
+        for key in per_key_turn_scores[1:]:
+            prod = prod * np.asarray(key[i], dtype=np.float64)
+        out[i] = prod.sum()
+    return out
+
+
+@dataclass
+class DeitaResult:
+    selected: list[int]  # row positions in score order
+    rejected_by: dict[int, tuple[int, float]]  # row -> (the kept row it was too close to, cosine)
+    order: list[int]  # the score order that was scanned
+
+
+def deita_filter(
+    embeddings: np.ndarray, scores: np.ndarray, threshold: float = 0.9, data_size: int = -1, batch_size: int = 1,
+    order: Sequence[int] | None = None, block: int = 1024, allow_zero_norm: bool = False,
+) -> DeitaResult:
+    """DEITA's score-first representation filter (selection/filter/base.py). Rows are scanned by
+    score, descending, NaN last (a stable (-score, index) sort: the reference's pandas quicksort leaves ties
+    to the platform; pass `order` to reproduce a given one). The first row is kept; a row is
+    rejected when its cosine to any kept row is > threshold (strict, float32), or with
+    batch_size > 1 to any earlier row of its batch, even a rejected one (the reference's batch
+    semantics). Stops once data_size rows are kept (-1: no limit). Not distilabel's filter, which
+    compares each row with its nearest neighbour in the whole input. A zero-norm embedding is an
+    error (`allow_zero_norm` reproduces the reference: its NaN cosines never reject)."""
+    emb = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
+    norms = emb.norm(dim=1)
+    if (norms == 0).any() and not allow_zero_norm:
+        raise ValueError(f"rows {torch.nonzero(norms == 0).ravel().tolist()[:10]} have zero-norm embeddings")
+    emb = emb / norms[:, None]  # the reference normalizes twice, in float32
+    emb = emb / emb.norm(dim=1)[:, None]
+    nan_last = lambda i: (math.isnan(scores[i]), 0.0 if math.isnan(scores[i]) else -scores[i], i)  # noqa: E731 (pandas puts NaN last)
+    scan = list(order) if order is not None else sorted(range(len(scores)), key=nan_last)
+    kept: list[int] = [scan[0]] if scan else []
+    rejected: dict[int, tuple[int, float]] = {}
+    limit = data_size if data_size > -1 else len(scan)
+    pos = 1
+    while pos < len(scan) and len(kept) < limit:
+        step = block if batch_size == 1 else batch_size
+        chunk = scan[pos : pos + step]
+        pos += len(chunk)
+        cur = emb[chunk]
+        to_kept = cur @ emb[kept].T
+        within = cur @ cur.T
+        accepted_here: list[int] = []
+        for j, row in enumerate(chunk):
+            best = int(torch.argmax(to_kept[j])) if kept else -1
+            hit = bool((to_kept[j] > threshold).any())
+            partner, sim = (kept[best], float(to_kept[j, best])) if kept else (-1, float("nan"))
+            if batch_size == 1:
+                earlier = [k for k in accepted_here]
+            else:
+                earlier = list(range(j))
+            close = [k for k in earlier if within[j, k] > threshold]
+            if close and (not hit or float(within[j, close[0]]) > sim):
+                partner, sim, hit = chunk[close[0]], float(within[j, close[0]]), True
+            if hit:
+                rejected[row] = (partner, sim)
+            else:
+                accepted_here.append(j)
+                if batch_size == 1:
+                    kept.append(row)
+                    if len(kept) >= limit:
+                        break
+                    to_kept = torch.cat([to_kept, cur @ emb[row][:, None]], dim=1)
+        if batch_size > 1:
+            kept.extend(chunk[k] for k in accepted_here)
+    return DeitaResult(kept[:limit], rejected, scan)
+
+
+# --------------------------------------------------------------------------- TACOS
+
+
+def tacos_quotas(cluster_sizes: dict[int, int], budget: int, mode: str = "equal", per_cluster: int | None = None) -> dict[int, int]:
+    """Per-cluster quotas: equal (TACOS: a fixed number per cluster, default budget // K),
+    proportional to size, or to its square root."""
+    k = len(cluster_sizes)
+    if not k:
+        return {}
+    if mode == "equal":
+        q = per_cluster if per_cluster is not None else budget // k
+        return {c: q for c in cluster_sizes}
+    weights = {c: (s if mode == "proportional" else math.sqrt(s)) for c, s in cluster_sizes.items()}
+    total = sum(weights.values())
+    return {c: int(budget * w / total) for c, w in weights.items()}
+
+
+@dataclass
+class TacosResult:
+    selected: list[int]
+    picked_in: dict[int, int]  # row -> cluster it was taken for (-1: global fill)
+    reason: dict[int, str]
+
+
+def tacos_select(
+    scores: list[tuple[int, int, float]], budget: int, *, mode: str = "equal", per_cluster: int | None = None, fill: bool = True
+) -> TacosResult:
+    """sorted_1000.py: visit clusters from the smallest, take up to the cluster's quota of its best
+    scored items, skipping items already taken and scores above 100. `scores` holds (row, cluster,
+    score) judgements. mode "global" is plain top-budget by each row's mean score. With `fill`, the
+    quota small clusters leave unused goes to the best remaining rows by mean score (research
+    PROPOSAL; the reference stops at K x 20)."""
+    valid = [(r, c, s) for r, c, s in scores if s is not None and not math.isnan(s) and s <= 100]
+    by_row: dict[int, list[float]] = {}
+    for r, _, s in valid:
+        by_row.setdefault(r, []).append(s)
+    mean = {r: sum(v) / len(v) for r, v in by_row.items()}
+    taken: list[int] = []
+    picked_in: dict[int, int] = {}
+    reason: dict[int, str] = {}
+    if mode != "global":
+        clusters: dict[int, list[tuple[float, int]]] = {}
+        for r, c, s in valid:
+            clusters.setdefault(c, []).append((s, r))
+        sizes = {c: len(v) for c, v in clusters.items()}
+        quotas = tacos_quotas(sizes, budget, mode, per_cluster)
+        for c in sorted(clusters, key=lambda c: (sizes[c], c)):
+            got = 0
+            for s, r in sorted(clusters[c], key=lambda t: (-t[0], t[1])):
+                if got >= quotas[c] or len(taken) >= budget:
+                    reason.setdefault(r, f"cluster {c} quota of {quotas[c]} already filled")
+                    continue
+                if r in picked_in:
+                    continue
+                taken.append(r)
+                picked_in[r] = c
+                got += 1
+    if mode == "global" or fill:
+        for r in sorted(mean, key=lambda r: (-mean[r], r)):
+            if len(taken) >= budget:
+                break
+            if r not in picked_in:
+                taken.append(r)
+                picked_in[r] = -1
+    for r in mean:
+        if r not in picked_in:
+            reason.setdefault(r, "below the budget by score")
+    return TacosResult(taken, picked_in, {r: v for r, v in reason.items() if r not in picked_in})

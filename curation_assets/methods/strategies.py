@@ -1,0 +1,249 @@
+"""Selection strategies behind one interface: candidates in, an ordered pick list and per-row
+explanations out. A strategy is a function registered in STRATEGIES; adding one (for example a
+targeted selection over gradient features) means writing one function and registering it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from curation_assets.methods import selection as rules
+from curation_assets.methods.iterit import greedy_order
+from curation_assets.methods.tags_sampler import TreeIndex, kl_greedy, lazy_greedy, node_mass_matrix
+from curation_assets.methods.tshirt import hierarchical_top_k, tshirt_statistics
+
+
+@dataclass
+class Candidates:
+    """The candidate pool in pool order. `rows` holds row_id and whatever the strategies read
+    (scores, tags, texts); the tree parts are present when the pool has a tree."""
+
+    rows: pl.DataFrame
+    memberships: pl.DataFrame | None = None  # row_id, node_id (leaf), weight
+    nodes: pl.DataFrame | None = None  # node_id, parent_id, depth, is_leaf, label
+    comparisons: pl.DataFrame | None = None  # row_id, cluster, score
+    embed: Callable[[list[str]], np.ndarray] | None = None
+    target_leaf_mass: dict[int, float] | None = None  # leaf node_id -> mass of the target set
+
+    @property
+    def n(self) -> int:
+        return self.rows.height
+
+    def column(self, name: str) -> np.ndarray:
+        if name not in self.rows.columns:
+            raise ValueError(f"score {name!r} is not available; computed scores: {sorted(c for c in self.rows.columns if self.rows[c].dtype.is_float())}")
+        return self.rows[name].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+
+    def texts(self) -> list[str]:
+        return [f"{i}\n{x}\n{r}" if x else f"{i}\n{r}" for i, x, r in self.rows.select("instruction", "input", "response").iter_rows()]
+
+
+@dataclass
+class Picked:
+    """A strategy's answer: `order` are row positions in pick order; the arrays are per row."""
+
+    order: list[int]
+    gain: np.ndarray  # the value that decided each pick (NaN for rows not picked)
+    gain_name: str
+    reason: dict[int, str] = field(default_factory=dict)  # why a row was not picked, when known
+    ineligible: set[int] = field(default_factory=set)  # rows the method's own rules rule out (not the budget)
+    kl: np.ndarray | None = None  # TAGS with a target: each pick's KL improvement
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # further per-row values to report
+
+
+def _empty_gain(n: int) -> np.ndarray:
+    return np.full(n, np.nan)
+
+
+def pick_tags(c: Candidates, budget: int, cfg) -> Picked:
+    if c.memberships is None or c.nodes is None or c.nodes.is_empty():
+        raise ValueError("the tags strategy needs knowledge_tree and tree_memberships")
+    n = c.n
+    position = {r: i for i, r in enumerate(c.rows["row_id"].to_list())}
+    members = c.memberships.filter(pl.col("row_id").is_in(list(position)))
+    rows = np.array([position[r] for r in members["row_id"].to_list()], dtype=np.int64)
+    leaves = members["node_id"].to_numpy()
+    weights = members["weight"].to_numpy()
+    quality = tags_quality(c, cfg)
+    tree = TreeIndex.from_nodes(c.nodes["node_id"].to_list(), c.nodes["parent_id"].to_list(), c.nodes["depth"].to_list(), {int(k): float(v) for k, v in cfg.level_weights.items()})
+    a = node_mass_matrix(rows, leaves, weights, quality, tree, n, cfg.gamma)
+    if c.target_leaf_mass:
+        leaf_ids = c.nodes.filter(pl.col("is_leaf"))["node_id"].to_list()
+        col = {leaf: k for k, leaf in enumerate(leaf_ids)}
+        lw = sp.csr_matrix((weights, (rows, [col[int(x)] for x in leaves])), shape=(n, len(leaf_ids)))
+        target = target_over_leaves(c, leaf_ids, cfg)
+        result = kl_greedy(a, lw, target, budget, tree.weights(), lam=cfg.kl_lambda, eps=cfg.kl_eps)
+    else:
+        result = lazy_greedy(a, budget, tree.weights())
+    no_leaf = set(range(n)) - set(rows.tolist())
+    reason = {i: "no tree leaf: no information to add" for i in no_leaf}
+    last = result.gain[result.order[-1]] if result.order else np.nan
+    for i in range(n):
+        if i not in reason and np.isnan(result.gain[i]):
+            reason[i] = f"budget reached: information gain now {result.final_gain[i]:.4g}, last pick's was {last:.4g}"
+    return Picked(result.order, result.gain, "information gain", reason, kl=result.kl_gain if c.target_leaf_mass else None, extra={"quality": quality})
+
+
+def tags_quality(c: Candidates, cfg) -> np.ndarray:
+    """q(x): 1, or a score scaled to [0, 1] (pool percentile or min-max); optionally times InsTag's
+    complexity factor 1 + log(1 + |leaves|)."""
+    if cfg.quality_score:
+        values = c.column(cfg.quality_score)
+        ok = ~np.isnan(values)
+        q = np.zeros(c.n)
+        if cfg.quality_transform == "minmax" and ok.any():
+            lo, hi = values[ok].min(), values[ok].max()
+            q[ok] = (values[ok] - lo) / (hi - lo) if hi > lo else 1.0
+        elif cfg.quality_transform == "raw":
+            q[ok] = np.maximum(values[ok], 0)
+        else:
+            ranks = pl.Series(values[ok]).rank("average").to_numpy()
+            q[ok] = ranks / ok.sum()
+    else:
+        q = np.ones(c.n)
+    if cfg.complexity_factor and c.memberships is not None:
+        counts = c.memberships.group_by("row_id").len()
+        n_leaves = c.rows.select("row_id").join(counts, on="row_id", how="left")["len"].fill_null(0).to_numpy()
+        q = q * (1 + np.log1p(n_leaves))
+    return q
+
+
+def target_over_leaves(c: Candidates, leaf_ids: list[int], cfg) -> np.ndarray:
+    from curation_assets.methods.tags_sampler import target_distribution
+
+    counts = np.array([c.target_leaf_mass.get(leaf, 0.0) for leaf in leaf_ids])
+    parents = dict(zip(c.nodes["node_id"].to_list(), c.nodes["parent_id"].to_list()))
+    return target_distribution(counts, np.array([parents[leaf] for leaf in leaf_ids]), eps=cfg.kl_eps, mu=cfg.kl_backoff)
+
+
+def pick_tacos(c: Candidates, budget: int, cfg) -> Picked:
+    if c.comparisons is None or c.comparisons.is_empty():
+        raise ValueError("the tacos strategy needs comparative_scores: enable the judge (resources.judge.enabled)")
+    position = {r: i for i, r in enumerate(c.rows["row_id"].to_list())}
+    scores = [(position[r], int(k), s) for r, k, s in c.comparisons.select("row_id", "cluster", "score").iter_rows() if r in position]
+    result = rules.tacos_select(scores, budget, mode=cfg.quota_mode, per_cluster=cfg.per_cluster, fill=cfg.fill_quota)
+    mean = c.comparisons.group_by("row_id").agg(pl.col("score").mean())
+    mean_score = c.rows.select("row_id").join(mean, on="row_id", how="left")["score"].fill_null(float("nan")).to_numpy()
+    gain = _empty_gain(c.n)
+    for i in result.selected:
+        gain[i] = mean_score[i]
+    reason = dict(result.reason)
+    unscored = {i for i in range(c.n) if np.isnan(mean_score[i])}
+    for i in unscored:
+        reason[i] = "no comparative score (not a label-set representative, or no partner in its cluster)"
+    cluster = np.array([result.picked_in.get(i, -2) for i in range(c.n)], dtype=float)
+    return Picked(result.selected, gain, "comparative score", reason, unscored, extra={"picked_for_cluster": np.where(cluster == -2, np.nan, cluster)})
+
+
+def pick_tshirt(c: Candidates, budget: int, cfg) -> Picked:
+    if "noisy_d" not in c.rows.columns:
+        raise ValueError("the tshirt strategy needs instance_scores with the tshirt method")
+    noisy_ifd = [np.asarray(v if v is not None else [], dtype=np.float64) for v in c.rows["noisy_ifd"].to_list()]
+    noisy_d = [[np.asarray(d, dtype=np.float32) for d in (v or [])] for v in c.rows["noisy_d"].to_list()]
+    stats = tshirt_statistics(noisy_ifd, noisy_d, cfg.tshirt_ratio)
+    picked = hierarchical_top_k(stats.avg_noisy_ifd, stats.avg_noisy_sifd, stats.std_noisy_sifd, budget, cfg.tshirt_pool_factor)
+    gain = _empty_gain(c.n)
+    gain[picked] = stats.std_noisy_sifd[picked]
+    pool = set(hierarchical_top_k(stats.avg_noisy_ifd, stats.avg_noisy_sifd, stats.std_noisy_sifd, cfg.tshirt_pool_factor * budget, 1))
+    reason, ineligible = {}, set()
+    for i in range(c.n):
+        if i in picked:
+            continue
+        if np.isnan(stats.avg_noisy_ifd[i]) or np.isnan(stats.avg_noisy_sifd[i]):
+            reason[i] = "no T-SHIRT score (empty, one-token or over-long row)"
+            ineligible.add(i)
+        elif stats.avg_noisy_ifd[i] >= 1:
+            reason[i] = f"mean noisy IFD {stats.avg_noisy_ifd[i]:.4g} >= 1"
+            ineligible.add(i)
+        elif i not in pool:
+            reason[i] = f"mean S-IFD {stats.avg_noisy_sifd[i]:.4g} not in the top {cfg.tshirt_pool_factor}K"
+        else:
+            reason[i] = f"S-IFD std {stats.std_noisy_sifd[i]:.4g} not among the K smallest"
+    extra = {"avg_noisy_sifd": stats.avg_noisy_sifd, "std_noisy_sifd": stats.std_noisy_sifd, "tshirt_tau": np.full(c.n, stats.tau)}
+    return Picked(picked, gain, "S-IFD std over neighbours", reason, ineligible, extra=extra)
+
+
+def pick_deita(c: Candidates, budget: int, cfg) -> Picked:
+    if c.embed is None:
+        raise ValueError("the deita strategy needs an embedder")
+    score = np.ones(c.n)
+    for key in cfg.deita_keys:
+        score = score * c.column(key)
+    result = rules.deita_filter(c.embed(c.texts()), score, cfg.deita_threshold, budget, cfg.deita_batch_size)
+    gain = _empty_gain(c.n)
+    gain[result.selected] = score[result.selected]
+    ids = c.rows["row_id"].to_list()
+    reason = {row: f"cosine {sim:.3f} > {cfg.deita_threshold} to the already selected {ids[partner]}" for row, (partner, sim) in result.rejected_by.items()}
+    scanned = set(result.selected) | set(result.rejected_by)
+    for i in range(c.n):
+        if i not in scanned:
+            reason[i] = "budget reached before this row's score" if not np.isnan(score[i]) else "no score"
+    ineligible = set(result.rejected_by) | {i for i in range(c.n) if np.isnan(score[i])}
+    return Picked(result.selected, gain, f"score ({' x '.join(cfg.deita_keys)})", reason, ineligible)
+
+
+def pick_iterit(c: Candidates, budget: int, cfg) -> Picked:
+    scores = c.column("iterit_ifd").astype(np.float32)
+    docs = [r + cfg.iterit_eos for r in c.rows["response"].to_list()]
+    order = greedy_order(scores, docs, range(c.n), c.n, budget, gamma=cfg.iterit_gamma)
+    picked = [i for i in order[:budget] if scores[i] < 1]
+    gain = _empty_gain(c.n)
+    gain[picked] = scores[picked]
+    reason = {i: ("IFD >= 1" if scores[i] >= 1 else "no IFD" if np.isnan(scores[i]) else "diversity-weighted score below the budget") for i in range(c.n) if i not in set(picked)}
+    return Picked(picked, gain, "IterIT IFD", reason, {i for i in range(c.n) if not scores[i] < 1})
+
+
+def pick_superfiltering(c: Candidates, budget: int, cfg) -> Picked:
+    ifd = c.column("ifd_ppl")
+    picked = rules.superfiltering(ifd, budget, cfg.ifd_threshold)
+    gain = _empty_gain(c.n)
+    gain[picked] = ifd[picked]
+    reason = {i: ("no IFD" if np.isnan(ifd[i]) else f"IFD {ifd[i]:.4g} >= {cfg.ifd_threshold}" if ifd[i] >= cfg.ifd_threshold else "IFD below the budget") for i in range(c.n) if i not in set(picked)}
+    return Picked(picked, gain, "IFD (PPL ratio)", reason, {i for i in range(c.n) if not ifd[i] < cfg.ifd_threshold})
+
+
+def pick_cherry(c: Candidates, budget: int, cfg) -> Picked:
+    rate = c.column("ifd_loss")
+    skip = c.rows["cherry_skip"].to_list() if "cherry_skip" in c.rows.columns else [None] * c.n
+    kept = np.array([s is None for s in skip])
+    picked, _ = rules.cherry(rate, kept, count=budget)
+    picked = sorted(picked, key=lambda i: -rate[i])
+    gain = _empty_gain(c.n)
+    gain[picked] = rate[picked]
+    reason = {i: (f"skipped by Cherry's rule: {skip[i]}" if skip[i] else "no IFD" if np.isnan(rate[i]) else "IFD below the budget") for i in range(c.n) if i not in set(picked)}
+    return Picked(picked, gain, "IFD (loss ratio)", reason, {i for i in range(c.n) if not kept[i] or np.isnan(rate[i])})
+
+
+def pick_top_k(c: Candidates, budget: int, cfg) -> Picked:
+    values = c.column(cfg.score)
+    valid = np.ones(c.n, dtype=bool)
+    if cfg.score_below is not None:
+        valid &= values < cfg.score_below
+    picked = rules.top_k(values, budget, descending=cfg.descending, valid=valid)
+    gain = _empty_gain(c.n)
+    gain[picked] = values[picked]
+    reason = {i: ("no score" if np.isnan(values[i]) else f"{cfg.score} {values[i]:.4g} not below {cfg.score_below}" if not valid[i] else f"{cfg.score} below the budget") for i in range(c.n) if i not in set(picked)}
+    return Picked(picked, gain, cfg.score, reason, {i for i in range(c.n) if np.isnan(values[i]) or not valid[i]})
+
+
+def pick_random(c: Candidates, budget: int, cfg) -> Picked:
+    picked = rules.random_subset(c.n, budget, cfg.seed)
+    return Picked(picked, _empty_gain(c.n), "random draw", {i: f"not drawn (seed {cfg.seed})" for i in set(range(c.n)) - set(picked)})
+
+
+STRATEGIES: dict[str, Callable[[Candidates, int, object], Picked]] = {
+    "tags": pick_tags,
+    "tacos": pick_tacos,
+    "tshirt": pick_tshirt,
+    "deita": pick_deita,
+    "iterit": pick_iterit,
+    "superfiltering": pick_superfiltering,
+    "cherry": pick_cherry,
+    "top_k": pick_top_k,
+    "random": pick_random,
+}
