@@ -156,7 +156,9 @@ def kl_greedy(
         kl_scale = np.max(np.abs(kl[available])) if available.any() else 0.0
         score = (gain / ti_scale if ti_scale > 0 else 0.0) + lam * (kl / kl_scale if kl_scale > 0 else 0.0)
         score = np.where(available, score, -np.inf)
-        x = int(np.argmax(score))
+        # The first row within rounding of the best: incremental updates must not break exact ties.
+        best = score.max()
+        x = int(np.flatnonzero(score >= best - 1e-9 * max(1.0, abs(best)))[0])
         order.append(x)
         available[x] = False
         picked_gain[x], picked_kl[x] = gain[x], kl[x]

@@ -1,0 +1,155 @@
+"""Selection rules with known answers, and the reference oracles (numbers computed from the
+reference code; see tests/fixtures/reference/selection/README.md)."""
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from curation_assets.methods import selection as rules
+from curation_assets.methods.tags_sampler import TreeIndex, kl_greedy, lazy_greedy, node_mass_matrix, phi, target_distribution
+
+SELECTION = Path(__file__).parent / "fixtures" / "reference" / "selection"
+
+
+def cases(name):
+    return json.loads((SELECTION / name).read_text())["cases"]
+
+
+def nan(v):
+    return np.nan if v is None else v
+
+
+@pytest.mark.parametrize("case", cases("superfiltering_select.json"), ids=lambda c: c["name"])
+def test_superfiltering_matches_select_data(case):
+    i = case["inputs"]
+    ifd = np.array([nan(v) for v in i["ifd_ppl"]], dtype=float)
+    for variant, budget in (("hardcoded_52002", int(52002 * i["sample_rate"])), ("pool_relative_variant", int(len(ifd) * i["sample_rate"]))):
+        assert rules.superfiltering(ifd, budget, i["filter_threash"]) == case["outputs"][variant]["selected"]
+
+
+@pytest.mark.parametrize("case", cases("cherry_select.json"), ids=lambda c: c["name"])
+def test_cherry_matches_data_by_ifd(case):
+    i = case["inputs"]
+    n = max(i["index"]) + 1
+    rate, kept = np.full(n, np.nan), np.zeros(n, dtype=bool)
+    for r, ix in zip(i["mean_rate"], i["index"]):
+        rate[ix], kept[ix] = nan(r), True
+    selected, n_taken = rules.cherry(rate, kept, i["sample_rate"], i["sample_number"])
+    if case["name"] == "n_zero_returns_all":
+        assert selected == [] and n_taken == 0  # the reference's [-0:] returns every row: we return none
+    elif case["name"] == "nan_rates":
+        # We drop NaN rates before counting (the reference lets NaN through its `> 1` test).
+        assert not any(np.isnan(rate[s]) for s in selected) and len(selected) == int((~np.isnan(rate) & kept).sum() * i["sample_rate"])
+    else:
+        assert selected == case["outputs"]["selected"]
+
+
+@pytest.mark.parametrize("case", cases("deita_filter.json"), ids=lambda c: c["name"])
+def test_deita_filter_matches_the_reference(case):
+    i = case["inputs"]
+    scores = rules.deita_score([[[nan(v) for v in turns] for turns in i["scores"][k]] for k in i["sort_key"]])
+    emb = np.array(i["embeddings"], dtype=np.float32)
+    ref_order = case["diagnostics"]["reference_sorted_idx"]
+    ours = rules.deita_filter(emb, scores, i["threshold"], i["data_size"], i["batch_size"], order=ref_order, allow_zero_norm=True)
+    assert ours.selected == case["outputs"]["selected_idx"]
+    # Our default order is a stable (-score, index) sort with NaN last.
+    stable = rules.deita_filter(emb, scores, i["threshold"], i["data_size"], i["batch_size"], allow_zero_norm=True)
+    assert stable.selected == case["diagnostics"]["selected_idx_with_stable_sort_variant"]
+    if (np.linalg.norm(emb, axis=1) == 0).any():
+        with pytest.raises(ValueError, match="zero-norm"):
+            rules.deita_filter(emb, scores, i["threshold"], i["data_size"], i["batch_size"])
+
+
+def test_deita_rejects_against_selected_rows_not_the_whole_pool():
+    # a ~ b (cos 0.99), b ~ c, a not ~ c. DEITA compares with kept rows only: a kept, b rejected
+    # (close to a), c kept (its only close row, b, was rejected). distilabel's nearest-neighbour
+    # filter would drop b and c alike.
+    emb = np.array([[1.0, 0.0], [0.99, 0.141], [0.96, 0.28]], dtype=np.float32)
+    emb[2] = [np.cos(0.32), np.sin(0.32)]
+    result = rules.deita_filter(emb, np.array([3.0, 2.0, 1.0]), threshold=0.99)
+    assert result.selected == [0, 2] and result.rejected_by[1][0] == 0
+
+
+def test_tacos_quotas_visit_small_clusters_first_and_fill():
+    # (row, cluster, score): cluster 7 is small; row 1 is scored in two clusters.
+    scores = [(0, 3, 90), (1, 3, 80), (2, 3, 70), (3, 3, 60), (1, 7, 95), (4, 7, 50), (5, 3, 101)]
+    result = rules.tacos_select(scores, budget=4, per_cluster=1, fill=False)
+    assert result.selected == [1, 0]  # cluster 7 first takes row 1; cluster 3 skips it and takes row 0
+    assert "above" not in str(result.reason) and 5 not in result.selected  # a score over 100 never counts
+    filled = rules.tacos_select(scores, budget=4, per_cluster=1, fill=True)
+    assert filled.selected == [1, 0, 2, 3] and filled.picked_in[2] == -1
+    assert rules.tacos_select(scores, budget=2, mode="global").selected == [0, 1]  # by mean: 90, 87.5
+
+
+def test_budget_top_k_random():
+    assert rules.resolve_budget(0.05, 1000) == 50 and rules.resolve_budget(30, 1000) == 30 and rules.resolve_budget(5000, 100) == 100
+    values = np.array([0.5, np.nan, 0.9, 0.9, 0.1])
+    assert rules.top_k(values, 2) == [2, 3] and rules.top_k(values, 2, descending=False) == [4, 0]
+    assert rules.random_subset(10, 3, seed=1) == rules.random_subset(10, 3, seed=1) != rules.random_subset(10, 3, seed=2)
+
+
+# --------------------------------------------------------------------------- TAGS
+
+
+def random_tree(rng, n_rows=40):
+    # root 0; top nodes 1-3; leaves 4-12 (three per top node)
+    nodes = [0, 1, 2, 3] + list(range(4, 13))
+    parents = [None, 0, 0, 0] + [1 + (leaf - 4) // 3 for leaf in range(4, 13)]
+    depths = [0, 1, 1, 1] + [2] * 9
+    tree = TreeIndex.from_nodes(nodes, parents, depths)
+    rows, leaves, weights = [], [], []
+    for r in range(n_rows):
+        mine = rng.choice(np.arange(4, 13), size=rng.integers(1, 4), replace=False)
+        for leaf in mine:
+            rows.append(r)
+            leaves.append(leaf)
+            weights.append(1 / len(mine))
+    return tree, np.array(rows), np.array(leaves), np.array(weights)
+
+
+def brute_force_greedy(a, budget, w):
+    chosen = []
+    for _ in range(budget):
+        mass = np.asarray(a[chosen].sum(axis=0)).ravel() if chosen else np.zeros(a.shape[1])
+        gains = [(np.sum(w * (phi(mass + a[x].toarray().ravel()) - phi(mass))), -x) for x in range(a.shape[0]) if x not in chosen]
+        chosen.append(-max(gains)[1])
+    return chosen
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_lazy_greedy_equals_plain_greedy(seed):
+    rng = np.random.default_rng(seed)
+    tree, rows, leaves, weights = random_tree(rng)
+    quality = rng.uniform(0.2, 1.0, 40)
+    a = node_mass_matrix(rows, leaves, weights, quality, tree, 40)
+    result = lazy_greedy(a, 12, tree.weights())
+    assert result.order == brute_force_greedy(a, 12, tree.weights())
+    gains = result.gain[result.order]
+    assert all(g1 >= g2 - 1e-12 for g1, g2 in itertools.pairwise(gains))  # submodular: non-increasing
+    # Diversity: the first picks spread over the three top-level branches.
+    tops = {1 + (leaf - 4) // 3 for r in result.order[:4] for leaf in leaves[rows == r]}
+    assert tops == {1, 2, 3}
+
+
+def test_kl_alignment_pulls_the_subset_toward_the_target():
+    rng = np.random.default_rng(5)
+    tree, rows, leaves, weights = random_tree(rng, n_rows=60)
+    a = node_mass_matrix(rows, leaves, weights, np.ones(60), tree, 60)
+    lw = sp.csr_matrix((weights, (rows, leaves - 4)), shape=(60, 9))
+    target = target_distribution(np.array([5.0, 5, 5, 0, 0, 0, 0, 0, 0]), eps=1e-3)  # branch 1 only
+    plain = lazy_greedy(a, 15, tree.weights())
+    aligned = kl_greedy(a, lw, target, 15, tree.weights(), lam=1.0)
+    share = lambda order: lw[order].toarray()[:, :3].sum() / lw[order].toarray().sum()  # noqa: E731
+    assert share(aligned.order) > share(plain.order) + 0.2
+    assert np.isfinite(aligned.kl_gain[aligned.order]).all()
+    # With lambda = 0 the KL term is off: the same picks as plain greedy.
+    assert kl_greedy(a, lw, target, 15, tree.weights(), lam=0.0).order == plain.order
+
+
+def test_target_distribution_smoothing_and_backoff():
+    p = target_distribution(np.array([2.0, 0.0, 0.0, 0.0]), np.array([10, 10, 11, 11]), eps=1e-3, mu=0.2)
+    assert abs(p.sum() - 1) < 1e-12 and p[1] > p[2] > 0  # the sibling of the target leaf gets mass
