@@ -1,8 +1,6 @@
 """instance_scores: IFD-family scores per canonical row of a shard; comparative_scores: TACOS judge
 scores within tag clusters for the whole pool."""
 
-from collections.abc import Callable
-
 import dagster as dg
 import numpy as np
 import polars as pl

@@ -2,7 +2,6 @@
 from the whole pool; every candidate gets a row saying why it was or was not picked."""
 
 import math
-import os
 
 import dagster as dg
 import numpy as np
@@ -71,7 +70,8 @@ def budget_rule(cfg: SelectionConfig, pool: int, budget: int) -> str:
     return f"{budget:,} rows requested of {pool:,} candidates"
 
 
-def load_candidates(context, storage: CurationStorage, normalized_tags, tree, memberships, comparisons) -> pl.DataFrame:
+def load_candidates(context, storage: CurationStorage, normalized_tags: pl.DataFrame, comparisons: pl.DataFrame) -> pl.DataFrame:
+    """Canonical rows in pool order with their scores, canonical tags, clusters and mean comparative score."""
     pool = pool_rows(shard_frames(context, storage, "raw_pool")).select(
         "row_id", "instruction", "input", "response", "messages", "system_prompt", "source_partition", "source_file", "source_row", "shape"
     ).collect()
@@ -210,7 +210,7 @@ def selected_subset(
 ):
     if config.strategy not in STRATEGIES:
         raise dg.Failure(f"unknown strategy {config.strategy!r}; choose one of {sorted(STRATEGIES)}")
-    rows = load_candidates(context, storage, normalized_tags, knowledge_tree, tree_memberships, comparative_scores)
+    rows = load_candidates(context, storage, normalized_tags, comparative_scores)
     budget = resolve_budget(config.budget, rows.height) if rows.height else 0
     cache = storage.row_cache("embeddings", embedder.version())
     embed = lambda texts: cached_encode(texts, embedder.encode, cache)  # noqa: E731

@@ -33,6 +33,20 @@ def instance():
         yield inst
 
 
+def ingested_shard(tmp_path, resources, instance, name: str, rows: list[dict]) -> str:
+    """Write `rows` as JSON Lines, land the file and materialize its raw_pool; the partition key."""
+    import json
+
+    from curation_assets.raw_pool import raw_pool
+
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    key = land(resources, path)
+    instance.add_dynamic_partitions("pool_shards", [key])
+    assert dg.materialize([raw_pool], resources=resources, partition_key=key, instance=instance).success
+    return key
+
+
 def land(resources, path: Path, name: str | None = None) -> str:
     """Land `path` as a pool shard and return its partition key (what the sensor does)."""
     return land_file(Path(path), resources["storage"].landed, name or Path(path).name).partition

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import curation_assets.methods.token_losses as engine
-from conftest import land
+from conftest import ingested_shard
 from curation_assets.instance_scores import instance_scores
 from curation_assets.methods.ifd import Sample, plain_ifd
 from curation_assets.raw_pool import raw_pool
@@ -55,15 +55,6 @@ def test_missing_model_is_a_clear_error(monkeypatch):
         CausalLMScorerResource(model="some-org/not-a-cached-model").load()
 
 
-def write_shard(tmp_path, resources, instance, name, rows):
-    path = tmp_path / name
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    key = land(resources, path)
-    instance.add_dynamic_partitions("pool_shards", [key])
-    assert dg.materialize([raw_pool], resources=resources, partition_key=key, instance=instance).success
-    return key
-
-
 def score(resources, instance, key, config=None):
     result = dg.materialize([raw_pool, instance_scores], resources=resources, partition_key=key, instance=instance, selection=[instance_scores.key],
                             run_config={"ops": {"instance_scores": {"config": config or {}}}})
@@ -79,7 +70,7 @@ def test_asset_scores_incrementally_and_per_method_version(tmp_path, resources, 
     rows = [{"instruction": r["instruction"], "input": r["input"], "output": r["output"]} for r in ROWS[:10]]
     multi = {"conversations": [{"from": "human", "value": "Hi there."}, {"from": "gpt", "value": "Hello!"},
                                {"from": "human", "value": "Name a prime."}, {"from": "gpt", "value": "Seven."}]}
-    a = write_shard(tmp_path, resources, instance, "a.jsonl", rows + [multi])
+    a = ingested_shard(tmp_path, resources, instance, "a.jsonl", rows + [multi])
     config = {"methods": ["ifd", "tshirt", "cherry"], "tshirt_copies": 4}
     meta = score(resources, instance, a, config)
     table = pl.read_parquet(resources["storage"].asset_file("instance_scores", a))
@@ -90,7 +81,7 @@ def test_asset_scores_incrementally_and_per_method_version(tmp_path, resources, 
     assert "ifd" in meta["cache"].value and meta["scorer"].value["weights"]
 
     # A second shard with two rows of the first: only its new row is scored.
-    b = write_shard(tmp_path, resources, instance, "b.jsonl", rows[:2] + [{"instruction": "Name a color.", "output": "Teal."}])
+    b = ingested_shard(tmp_path, resources, instance, "b.jsonl", rows[:2] + [{"instruction": "Name a color.", "output": "Teal."}])
     meta_b = score(resources, instance, b, config)
     assert "| ifd | 0 | 1 |" in meta_b["cache"].value and "| tshirt | 0 | 1 |" in meta_b["cache"].value
 
@@ -101,7 +92,7 @@ def test_asset_scores_incrementally_and_per_method_version(tmp_path, resources, 
 
 
 def test_changed_model_makes_scores_stale(tmp_path, resources, instance):
-    key = write_shard(tmp_path, resources, instance, "c.jsonl", [{"instruction": r["instruction"], "output": r["output"]} for r in ROWS[:4]])
+    key = ingested_shard(tmp_path, resources, instance, "c.jsonl", [{"instruction": r["instruction"], "output": r["output"]} for r in ROWS[:4]])
     gpt2 = {**resources, "scorer": CausalLMScorerResource(model=str(FIXTURES / "tiny_gpt2"))}
     llama = {**resources, "scorer": CausalLMScorerResource(model=str(FIXTURES / "tiny_llama"))}
     assert "| ifd | 0 | 4 |" in score(gpt2, instance, key, {"methods": ["ifd"]})["cache"].value

@@ -6,22 +6,13 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from conftest import land
+from conftest import ingested_shard
 from curation_assets.open_tags import open_tags
 from curation_assets.raw_pool import raw_pool
 from openai_stub import stub_server, tags_json
 from resources.tagger import TaggerResource
 
 ASSETS = [raw_pool, open_tags]
-
-
-def shard(tmp_path, resources, instance, name, rows):
-    path = tmp_path / name
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    key = land(resources, path)
-    instance.add_dynamic_partitions("pool_shards", [key])
-    assert dg.materialize([raw_pool], resources=resources, partition_key=key, instance=instance).success
-    return key
 
 
 def tag(resources, instance, key, **kwargs):
@@ -37,7 +28,7 @@ ROWS_B = ROWS_A[:2] + [{"instruction": "Explain photosynthesis in plants.", "out
 
 
 def test_new_shard_tags_only_its_rows_and_config_change_retags(tmp_path, resources, instance):
-    a = shard(tmp_path, resources, instance, "a.jsonl", ROWS_A)
+    a = ingested_shard(tmp_path, resources, instance, "a.jsonl", ROWS_A)
     first = tag(resources, instance, a)
     assert first.success and meta(first)["computed_now"].value == 6 and meta(first)["reused_from_cache"].value == 0
     table = pl.read_parquet(resources["storage"].asset_file("open_tags", a))
@@ -47,7 +38,7 @@ def test_new_shard_tags_only_its_rows_and_config_change_retags(tmp_path, resourc
     # Re-materializing tags nothing new.
     assert meta(tag(resources, instance, a))["computed_now"].value == 0
     # Shard B repeats two rows of A: they are duplicates in raw_pool and not tagged again; one row is new.
-    b = shard(tmp_path, resources, instance, "b.jsonl", ROWS_B)
+    b = ingested_shard(tmp_path, resources, instance, "b.jsonl", ROWS_B)
     second = tag(resources, instance, b)
     assert meta(second)["dagster/row_count"].value == 1 and meta(second)["computed_now"].value == 1
 
@@ -59,7 +50,7 @@ def test_new_shard_tags_only_its_rows_and_config_change_retags(tmp_path, resourc
 
 
 def test_failing_endpoint_loses_no_row_and_a_later_run_retags_only_failures(tmp_path, resources, instance):
-    key = shard(tmp_path, resources, instance, "c.jsonl", ROWS_A)
+    key = ingested_shard(tmp_path, resources, instance, "c.jsonl", ROWS_A)
     healthy = {"on": False}
 
     def reply(body, attempt):
@@ -83,7 +74,7 @@ def test_failing_endpoint_loses_no_row_and_a_later_run_retags_only_failures(tmp_
 
 
 def test_interrupted_run_resumes_without_redoing_or_duplicating(tmp_path, resources, instance, monkeypatch):
-    key = shard(tmp_path, resources, instance, "d.jsonl", ROWS_A)
+    key = ingested_shard(tmp_path, resources, instance, "d.jsonl", ROWS_A)
     real = TaggerResource.tag
     calls = {"n": 0}
 
@@ -106,7 +97,7 @@ def test_interrupted_run_resumes_without_redoing_or_duplicating(tmp_path, resour
 @pytest.mark.parametrize("secret", ["sk-never-log-me"])
 def test_api_key_is_not_in_metadata_or_logs(tmp_path, resources, instance, monkeypatch, secret):
     monkeypatch.setenv("TAGGER_KEY", secret)
-    key = shard(tmp_path, resources, instance, "e.jsonl", ROWS_A[:2])
+    key = ingested_shard(tmp_path, resources, instance, "e.jsonl", ROWS_A[:2])
     with stub_server(lambda body, attempt: (200, tags_json("Python"), 0)) as (stub, url):
         http = {**resources, "tagger": TaggerResource(backend="openai", base_url=url, model="stub", api_key_env="TAGGER_KEY")}
         result = tag(http, instance, key)

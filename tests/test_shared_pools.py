@@ -3,7 +3,6 @@
 from collections import Counter
 
 import polars as pl
-import pytest
 
 from curation_assets.methods.ingest import IngestOptions, count_records, ingest_file, is_data_file
 

@@ -5,7 +5,6 @@ positions out), each with the reference's filters and tie rules (research/refere
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass

@@ -96,26 +96,41 @@ def all_gains(a: sp.csr_matrix, mass: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.bincount(rows, weights=parts, minlength=a.shape[0])
 
 
+def _key(g: float) -> float:
+    """Heap key of a gain: rounded, so that equal gains summed in a different order tie exactly
+    and the lower row wins, as in plain greedy."""
+    return -round(float(g), 10)
+
+
 def lazy_greedy(a: sp.csr_matrix, budget: int, w: np.ndarray) -> TagsResult:
-    """CELF on TI: exact gains, upper bounds from earlier steps (valid by submodularity)."""
+    """CELF on TI: exact gains, with upper bounds from earlier steps (valid by submodularity).
+
+    Stale bounds are refreshed in vectorized batches: when many rows share the top of the tree,
+    one pick lowers many bounds at once and one-at-a-time CELF would re-evaluate each in turn. A
+    row is taken only when its gain is current and it leads the heap, so the picks are plain
+    greedy's (ties to the lower row).
+    """
     n = a.shape[0]
     mass = np.zeros(a.shape[1])
-    initial = all_gains(a, mass, w)
-    heap = [(-g, x, 0) for x, g in enumerate(initial)]
+    heap = [(_key(g), x, 0) for x, g in enumerate(all_gains(a, mass, w))]
     heapq.heapify(heap)
     gain = np.full(n, np.nan)
     order: list[int] = []
-    step = 0
+    step, batch = 0, 16
     while heap and len(order) < budget:
-        neg, x, stamp = heapq.heappop(heap)
-        if stamp == step:  # its gain is current: it is the best
-            order.append(x)
-            gain[x] = -neg
+        if heap[0][2] == step:  # the leader's gain is current: it is the best
+            _, x, _ = heapq.heappop(heap)
             lo, hi = a.indptr[x], a.indptr[x + 1]
+            gain[x] = _gain(x, a, mass, w)
+            order.append(x)
             mass[a.indices[lo:hi]] += a.data[lo:hi]
             step += 1
-        else:
-            heapq.heappush(heap, (-_gain(x, a, mass, w), x, step))
+            continue
+        stale = [heapq.heappop(heap) for _ in range(min(batch, len(heap)))]
+        rows = np.fromiter((x for _, x, _ in stale), dtype=np.int64, count=len(stale))
+        for g, x in zip(all_gains(a[rows], mass, w), rows):
+            heapq.heappush(heap, (_key(g), int(x), step))
+        batch = min(batch * 2, 4096) if heap[0][2] != step else max(batch // 2, 16)
     return TagsResult(order, gain, np.full(n, np.nan), all_gains(a, mass, w), mass)
 
 
@@ -158,7 +173,7 @@ def kl_greedy(
         score = np.where(available, score, -np.inf)
         # The first row within rounding of the best: incremental updates must not break exact ties.
         best = score.max()
-        x = int(np.flatnonzero(score >= best - 1e-9 * max(1.0, abs(best)))[0])
+        x = int(np.flatnonzero(score >= best - 1e-10 * max(1.0, abs(best)))[0])
         order.append(x)
         available[x] = False
         picked_gain[x], picked_kl[x] = gain[x], kl[x]

@@ -146,11 +146,24 @@ class TshirtStats:
     selected_tokens: np.ndarray  # tokens kept per sample, summed over copies
 
 
+def percentile(values: np.ndarray, q: float) -> float:
+    """numpy's linear percentile, as over the float64 values, in float32 memory: the two order
+    statistics around the virtual index, then numpy's own interpolation between them."""
+    if values.size == 0 or np.isnan(values).any():
+        return float("nan")
+    position = (values.size - 1) * q / 100
+    lo = int(np.floor(position))
+    hi = min(lo + 1, values.size - 1)
+    part = np.partition(values, [lo, hi])
+    pair = np.array([part[lo], part[hi]], dtype=np.float64)
+    return float(np.percentile(pair, (position - lo) * 100))
+
+
 def tshirt_statistics(noisy_ifds: list[np.ndarray], noisy_d: list[list[np.ndarray]], ratio: float = 0.5) -> TshirtStats:
     """compute_stat.py over all samples: the global threshold and each sample's neighbourhood stats."""
-    pooled = [np.abs(d) for copies in noisy_d for d in copies]
-    flat = np.concatenate(pooled).astype(np.float64) if pooled and sum(map(len, pooled)) else np.zeros(0)
-    tau = float(np.percentile(flat, (1 - ratio) * 100)) if flat.size else float("nan")
+    pooled = [d for copies in noisy_d for d in copies]
+    flat = np.abs(np.concatenate(pooled).astype(np.float32, copy=False)) if pooled and sum(map(len, pooled)) else np.zeros(0, np.float32)
+    tau = percentile(flat, (1 - ratio) * 100)
     n = len(noisy_ifds)
     avg_ifd, std_ifd = np.empty(n), np.empty(n)
     avg_sifd, std_sifd, kept = np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, dtype=np.int64)
