@@ -47,6 +47,7 @@ class SelectionConfig(dg.Config):
     quota_mode: str = Field("equal", description="tacos: equal (TACOS), proportional, sqrt or global.")
     per_cluster: int | None = Field(None, description="tacos: rows per cluster (TACOS: 20); null = budget / clusters.")
     fill_quota: bool = Field(True, description="tacos: give quota small clusters leave unused to the best other rows.")
+    tacos_aggregation: str = Field("raw", description="tacos: raw (TACOS: each item's score beside its partner) or bradley_terry (strengths fitted on the implied wins).")
     # T-SHIRT
     tshirt_ratio: float = Field(0.5, description="tshirt: share of tokens kept by the global threshold (k).")
     tshirt_pool_factor: int = Field(2, description="tshirt: the quality stage keeps this x budget rows.")

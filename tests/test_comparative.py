@@ -5,6 +5,7 @@ import json
 import re
 
 import dagster as dg
+import numpy as np
 import polars as pl
 import pytest
 
@@ -56,10 +57,18 @@ def test_pairing_plan():
     assert [(p.round, p.first, p.second) for p in swapped][:2] == [(0, "a", "b"), (0, "b", "a")] and len(swapped) == 4
 
 
-def test_bradley_terry_orders_by_wins():
-    wins = [("a", "b", 1), ("a", "c", 1), ("b", "c", 1), ("a", "b", 1), ("c", "b", 0.5)]
-    strength = bradley_terry(wins)
-    assert strength["a"] > strength["b"] > strength["c"]
+def test_bradley_terry_orders_by_wins_and_solves_its_likelihood_equations():
+    first, second, result = ["a", "a", "b", "a", "c", "d"], ["b", "c", "c", "b", "b", "e"], [1, 1, 1, 1, 0.5, 0]
+    strength = bradley_terry(first, second, result)
+    assert strength["a"] > strength["b"] > strength["c"] and strength["e"] > strength["d"]
+    # At the maximum, each item's expected wins (prior included) equal its observed wins.
+    p = {k: np.exp(v) for k, v in strength.items()}
+    for item in p:
+        observed = 0.5 + sum(r if f == item else 1 - r for f, s, r in zip(first, second, result) if item in (f, s))
+        expected = p[item] / (p[item] + 1) + sum(p[item] / (p[f] + p[s]) for f, s in zip(first, second) if item in (f, s))
+        assert abs(observed - expected) < 1e-8
+    assert bradley_terry(["x", "y"], ["y", "x"], [1, 1]) == {"x": 0.0, "y": 0.0}
+    assert bradley_terry([], [], []) == {}
 
 
 def test_asset_scores_pairs_within_clusters_with_a_local_judge(tmp_path, resources, instance):

@@ -122,10 +122,18 @@ def test_tacos_strategy_with_a_local_judge(graph):
         job = defs.resolve_implicit_global_asset_job_def()
         assert job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("comparative_scores")]).success
         result = select(graph, resources=judge, strategy="tacos", budget=12, per_cluster=2)
-    assert result.success
+        assert result.success
+        subset, reasons = tables(graph)
+        assert subset.height == 12
+        assert reasons.filter(pl.col("selected"))["gain_name"].unique().to_list() == ["comparative score"]
+        assert select(graph, resources=judge, strategy="tacos", budget=12, quota_mode="global", tacos_aggregation="bradley_terry").success
+    # The stub always prefers the first response; globally, Bradley-Terry keeps the 12 strongest rows.
+    strength = strategies.bradley_terry_strengths(pl.read_parquet(home / "assets" / "comparative_scores.parquet"))
     subset, reasons = tables(graph)
+    chosen = set(subset["row_id"])
     assert subset.height == 12
-    assert reasons.filter(pl.col("selected"))["gain_name"].unique().to_list() == ["comparative score"]
+    assert min(strength[r] for r in chosen) >= max(v for r, v in strength.items() if r not in chosen) - 1e-9
+    assert min(strength[r] for r in chosen) > min(strength.values())
 
 
 def test_broken_strategy_fails_the_blocking_checks(graph, monkeypatch):

@@ -97,29 +97,24 @@ def plan_comparisons(members: dict[int, list[str]], *, rounds: int = 1, both_ord
     return plan
 
 
-def bradley_terry(wins: list[tuple[str, str, float]], iterations: int = 200, tol: float = 1e-9) -> dict[str, float]:
-    """Log-strengths from (i, j, result) with result 1 if i beat j, 0.5 for a tie, 0 if j won
-    (Hunter's MM algorithm with a small symmetric prior so that unbeaten items stay finite)."""
-    items = sorted({x for w in wins for x in w[:2]})
-    index = {x: k for k, x in enumerate(items)}
-    n = len(items)
-    if not n:
+def bradley_terry(first, second, result, iterations: int = 500, tol: float = 1e-10) -> dict[str, float]:
+    """Log-strengths from judged pairs: result is 1 where first beat second, 0.5 for a tie, 0 where
+    second won (Hunter's MM algorithm on the sparse pair list, with half a win and half a loss against
+    a virtual item of strength 1, which keeps unbeaten items finite and fixes the scale)."""
+    items, codes = np.unique(np.concatenate([np.asarray(first, dtype=object), np.asarray(second, dtype=object)]).astype(str), return_inverse=True)
+    if not len(items):
         return {}
-    w_count = np.full(n, 0.5)  # prior: half a win and half a loss against a virtual average item
-    pairs = np.zeros((n, n))
-    for i, j, r in wins:
-        a, b = index[i], index[j]
-        w_count[a] += r
-        w_count[b] += 1 - r
-        pairs[a, b] += 1
-        pairs[b, a] += 1
+    a, b = np.split(codes, 2)
+    r = np.asarray(result, dtype=np.float64)
+    n = len(items)
+    wins = 0.5 + np.bincount(a, weights=r, minlength=n) + np.bincount(b, weights=1.0 - r, minlength=n)
     p = np.ones(n)
     for _ in range(iterations):
-        denom = (pairs / (p[:, None] + p[None, :])).sum(axis=1) + 1.0 / (p + 1.0)
-        new = w_count / denom
-        new /= np.exp(np.mean(np.log(new)))
-        if np.max(np.abs(new - p)) < tol:
-            p = new
-            break
+        inverse = 1.0 / (p[a] + p[b])
+        denom = np.bincount(a, weights=inverse, minlength=n) + np.bincount(b, weights=inverse, minlength=n) + 1.0 / (p + 1.0)
+        new = wins / denom
+        done = np.max(np.abs(new - p)) < tol
         p = new
-    return {x: float(np.log(p[index[x]])) for x in items}
+        if done:
+            break
+    return dict(zip(items.tolist(), np.log(p).tolist()))

@@ -125,9 +125,14 @@ def pick_tacos(c: Candidates, budget: int, cfg) -> Picked:
     if c.comparisons is None or c.comparisons.is_empty():
         raise ValueError("the tacos strategy needs comparative_scores: enable the judge (resources.judge.enabled)")
     position = {r: i for i, r in enumerate(c.rows["row_id"].to_list())}
-    scores = [(position[r], int(k), s) for r, k, s in c.comparisons.select("row_id", "cluster", "score").iter_rows() if r in position]
+    judged = c.comparisons.drop_nulls("score")
+    if cfg.tacos_aggregation == "bradley_terry":
+        judged = judged.with_columns(pl.col("row_id").replace_strict(bradley_terry_strengths(judged), default=None).alias("score"))
+    elif cfg.tacos_aggregation != "raw":
+        raise ValueError(f"tacos_aggregation must be raw or bradley_terry, not {cfg.tacos_aggregation!r}")
+    scores = [(position[r], int(k), s) for r, k, s in judged.select("row_id", "cluster", "score").iter_rows() if r in position]
     result = rules.tacos_select(scores, budget, mode=cfg.quota_mode, per_cluster=cfg.per_cluster, fill=cfg.fill_quota)
-    mean = c.comparisons.group_by("row_id").agg(pl.col("score").mean())
+    mean = judged.group_by("row_id").agg(pl.col("score").mean())
     mean_score = c.rows.select("row_id").join(mean, on="row_id", how="left")["score"].fill_null(float("nan")).to_numpy()
     gain = _empty_gain(c.n)
     for i in result.selected:
@@ -138,6 +143,18 @@ def pick_tacos(c: Candidates, budget: int, cfg) -> Picked:
         reason[i] = "no comparative score (not a label-set representative, or no partner in its cluster)"
     cluster = np.array([result.picked_in.get(i, -2) for i in range(c.n)], dtype=float)
     return Picked(result.selected, gain, "comparative score", reason, unscored, extra={"picked_for_cluster": np.where(cluster == -2, np.nan, cluster)})
+
+
+def bradley_terry_strengths(judged: pl.DataFrame) -> dict[str, float]:
+    """Log-strengths from the wins each judgement implies (both items of a pair scored)."""
+    from curation_assets.methods.comparative import bradley_terry
+
+    first = judged.filter(pl.col("position") == 1).select("row_id", "cluster", "round", "partner", pl.col("score").alias("s1"))
+    second = judged.filter(pl.col("position") == 2).select(pl.col("partner").alias("row_id"), "cluster", "round", pl.col("row_id").alias("partner"), pl.col("score").alias("s2"))
+    pairs = first.join(second, on=["row_id", "cluster", "round", "partner"])
+    result = pl.when(pl.col("s1") > pl.col("s2")).then(1.0).when(pl.col("s1") == pl.col("s2")).then(0.5).otherwise(0.0)
+    pairs = pairs.with_columns(result.alias("result"))
+    return bradley_terry(pairs["row_id"].to_numpy(), pairs["partner"].to_numpy(), pairs["result"].to_numpy())
 
 
 def pick_tshirt(c: Candidates, budget: int, cfg) -> Picked:
