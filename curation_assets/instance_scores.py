@@ -206,14 +206,17 @@ def comparative_scores(
         context.log.warning("the judge is disabled (resources.judge.enabled): no comparative scores")
         empty = pl.DataFrame(schema={"row_id": pl.String, "cluster": pl.Int32, "round": pl.Int32, "position": pl.Int8, "partner": pl.String, "score": pl.Float64, "error": pl.String})
         return dg.MaterializeResult(value=empty, metadata={"dagster/row_count": 0, "judge": "disabled"})
-    reps = normalized_tags.filter(pl.col("labelset_representative")).select("row_id", "clusters")
+    # TACOS lists each cluster's members, and the clusters, in the order label sets first appear.
+    reps = normalized_tags.filter(pl.col("labelset_representative")).sort("labelset_first_seen", maintain_order=True).select("row_id", "clusters")
     members: dict[int, list[str]] = {}
-    for row_id, clusters in reps.iter_rows():  # normalized_tags is in pool order
+    for row_id, clusters in reps.iter_rows():
         for c in clusters:
             members.setdefault(int(c), []).append(row_id)
     plan = comparative.plan_comparisons(members, rounds=config.rounds, both_orders=config.both_orders, seed=config.seed)
-    texts = {r: (i, o) for r, i, o in pool_rows(shard_frames(context, storage, "raw_pool")).select("row_id", "instruction", "response").collect().iter_rows()}
-    version = version_hash("tacos-pair", judge.generation_key(), comparative.PAIR_PROMPT)
+    # The judge sees instruction + input, concatenated as api_score_pairs.py does.
+    judged_text = pl.concat_str(pl.col("instruction"), pl.col("input").fill_null(""))
+    texts = {r: (i, o) for r, i, o in pool_rows(shard_frames(context, storage, "raw_pool")).select("row_id", judged_text, "response").collect().iter_rows()}
+    version = version_hash("tacos-pair", judge.generation_key(), comparative.JUDGE_SYSTEM, comparative.PAIR_PROMPT)
     pairs = pl.DataFrame(
         {"first": [p.first for p in plan], "second": [p.second for p in plan]}, schema={"first": pl.String, "second": pl.String}
     ).unique(maintain_order=True).with_columns((pl.col("first") + "|" + pl.col("second")).alias("row_id"))

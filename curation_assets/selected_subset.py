@@ -222,18 +222,20 @@ def selected_subset(
         picked = STRATEGIES[config.strategy](candidates, budget, config)
     except ValueError as exc:
         raise dg.Failure(f"strategy {config.strategy}: {exc}") from exc
-    context.log.info(f"{config.strategy}: {len(picked.order)} of {rows.height} rows picked ({budget_rule(config, rows.height, budget)})")
-    reasons = explain(candidates, picked, config, budget, embed)
+    budget = budget if picked.budget is None else picked.budget
+    rule = picked.budget_rule or budget_rule(config, rows.height, budget)
+    context.log.info(f"{config.strategy}: {len(picked.order)} of {rows.height} rows picked ({rule})")
+    reasons = explain(candidates, picked, config, budget, rule, embed)
     subset = (
         reasons.filter(pl.col("selected")).select("row_id", "rank").join(rows, on="row_id").sort("rank")
         .select("row_id", "rank", "system_prompt", "messages", "instruction", "input", "response", "source_file", "source_row", "source_partition")
         .with_columns(pl.lit(config.strategy).alias("strategy"))
     )
-    yield dg.Output(subset, "selected_subset", metadata=_subset_metadata(subset, reasons, candidates, config, budget))
+    yield dg.Output(subset, "selected_subset", metadata=_subset_metadata(subset, reasons, candidates, config, rule))
     yield dg.Output(reasons, "selection_reasons", metadata=_reasons_metadata(reasons))
 
 
-def explain(c: Candidates, picked, cfg: SelectionConfig, budget: int, embed) -> pl.DataFrame:
+def explain(c: Candidates, picked, cfg: SelectionConfig, budget: int, rule: str, embed) -> pl.DataFrame:
     n = c.n
     rank = np.full(n, -1, dtype=np.int64)
     rank[picked.order] = np.arange(1, len(picked.order) + 1)
@@ -257,7 +259,7 @@ def explain(c: Candidates, picked, cfg: SelectionConfig, budget: int, embed) -> 
         "selected": selected,
         "rank": pl.Series([int(r) if r > 0 else None for r in rank], dtype=pl.Int64),
         "strategy": [cfg.strategy] * n,
-        "budget_rule": [budget_rule(cfg, n, budget)] * n,
+        "budget_rule": [rule] * n,
         "budget": [budget] * n,
         "eligible": [i not in picked.ineligible for i in range(n)],
         "gain_name": [picked.gain_name] * n,
@@ -304,13 +306,13 @@ def _coverage(reasons: pl.DataFrame, c: Candidates) -> tuple[dict, dg.MetadataVa
     return stats, ui.png_md(fig, "leaf coverage")
 
 
-def _subset_metadata(subset: pl.DataFrame, reasons: pl.DataFrame, c: Candidates, cfg: SelectionConfig, budget: int) -> dict:
+def _subset_metadata(subset: pl.DataFrame, reasons: pl.DataFrame, c: Candidates, cfg: SelectionConfig, rule: str) -> dict:
     stats, picture = _coverage(reasons, c)
     sample = pl.concat([reasons.filter(pl.col("selected")).sort("rank").head(8), reasons.filter(~pl.col("selected")).head(7)])
     meta = {
         "dagster/row_count": subset.height,
         "candidates": c.n,
-        "budget": budget_rule(cfg, c.n, budget),
+        "budget": rule,
         "strategy": cfg.strategy,
         "config": dg.MetadataValue.json(cfg.model_dump()),
         "reasons_sample": ui.md(sample.select("row_id", "selected", "rank", "gain", "reason", "tree_path", "nearest_similarity"), 60),

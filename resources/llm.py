@@ -186,7 +186,7 @@ def _transformers_generate(cfg: ChatModelResource, conversations: list[Messages]
                     **enc,
                     max_new_tokens=cfg.max_tokens,
                     do_sample=sample,
-                    temperature=max(cfg.temperature, 0.7) if sample else None,
+                    temperature=(cfg.temperature if cfg.temperature > 0 else 0.7) if sample else None,
                     top_p=cfg.top_p if sample else None,
                     pad_token_id=tokenizer.pad_token_id,
                 )

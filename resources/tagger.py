@@ -4,7 +4,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from curation_assets.methods.tagging import keyphrase_tags, parse_tags, tagging_messages
+from curation_assets.methods.tagging import PROMPTS, keyphrase_tags, parse_tags, tagging_messages
 from resources.llm import ChatModelResource, Completion, version_hash
 from resources.models import PACKAGED_EMBEDDER, EmbedderResource
 
@@ -30,7 +30,7 @@ class TaggerResource(ChatModelResource):
         if self.backend == "keyphrase":
             key = {"backend": "keyphrase", "embedder": self.embedder_model, "top_n": self.top_n, "max_ngram": self.max_ngram, "diversity": self.diversity}
         else:
-            key = {**self.generation_key(), "prompt": self.prompt_style}
+            key = {**self.generation_key(), "prompt": self.prompt_style, "prompt_text": PROMPTS[self.prompt_style]}
         return version_hash(key, self.include_input)
 
     def text_for(self, instruction: str, input_text: str) -> str:

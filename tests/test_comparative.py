@@ -74,6 +74,8 @@ def test_bradley_terry_orders_by_wins_and_solves_its_likelihood_equations():
 def test_asset_scores_pairs_within_clusters_with_a_local_judge(tmp_path, resources, instance):
     rows = [{"instruction": f"Write a Python function number {i} that sorts a list.", "output": "x" * (10 + i)} for i in range(5)]
     rows += [{"instruction": f"Explain photosynthesis in plants, part {i}.", "output": "y" * (5 + i)} for i in range(4)]
+    for row in rows[:5]:
+        row["input"] = "[1, 3, 2]"
     path = tmp_path / "pool.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     key = land(resources, path)
@@ -82,8 +84,11 @@ def test_asset_scores_pairs_within_clusters_with_a_local_judge(tmp_path, resourc
     config = {"ops": {"normalized_tags": {"config": {"alpha": 1, "n_clusters": 2, "merge_threshold": None}}}}
     assert dg.materialize(assets[:2], resources=resources, partition_key=key, instance=instance).success
 
+    seen = []
+
     def reply(body, attempt):
         user = body["messages"][-1]["content"]
+        seen.append(body["messages"])
         lengths = [len(x) for x in re.findall(r"\[Response \d\]\n([xy]+)", user)]
         if "part 2" in user and attempt == 0:
             return 200, "Both are fine.", 0  # no scores: re-asked
@@ -99,6 +104,9 @@ def test_asset_scores_pairs_within_clusters_with_a_local_judge(tmp_path, resourc
         again = dg.materialize(assets, resources=judged, instance=instance, selection=[comparative_scores.key])
         assert again.success and stub.calls == calls
     assert table.height > 0 and table["score"].null_count() == 0
+    # The AlpaGasus system message, and Alpaca's input right after the instruction (api_score_pairs.py).
+    assert {m[0]["content"] for m in seen} == {"You are a helpful and precise assistant for checking the quality of the answer."}
+    assert any(re.search(r"that sorts a list\.\[1, 3, 2\]\n", m[-1]["content"]) for m in seen)
     assert table.filter(pl.col("score") == 0).is_empty()
     scored_rows = set(table["row_id"])
     tags = pl.read_parquet(resources["storage"].asset_file("normalized_tags"))

@@ -93,6 +93,8 @@ def test_clusters_labelset_dedup_and_seed_determinism(raw_data, encode):
         assert rep.height == 1
         best = group.sort(["response_chars", "row_id"], descending=[True, False]).row(0, named=True)
         assert rep["response_chars"].item() == best["response_chars"]
+        # TACOS keeps the set's first slot: members are ordered by where the set first appeared.
+        assert group["labelset_first_seen"].unique().to_list() == [group["row_id"].str.slice(1).cast(pl.Int64).min()]
     assert out.filter(pl.col("n_canonical") == 0)["labelset_representative"].sum() == 0
     # Every raw tag is accounted for in the vocabulary: kept with a canonical tag, or dropped with a reason.
     assert vocab.filter(pl.col("canonical_tag").is_null() & pl.col("dropped_reason").is_null()).is_empty()

@@ -110,6 +110,14 @@ def test_strategy_outputs_match_the_method_code(graph):
     assert subset["row_id"].to_list() == [order["row_id"][i] for i in expected]
 
 
+def test_cherry_fraction_is_a_share_of_the_rows_its_rules_keep(graph):
+    assert select(graph, strategy="cherry", budget=0.5).success
+    subset, reasons = tables(graph)
+    skipped = reasons.filter(pl.col("reason").str.contains("skipped by Cherry's rule")).height
+    assert 0 < skipped < reasons.height  # the demo has rows over the length limit and rows with IFD > 1
+    assert subset.height == int((reasons.height - skipped) * 0.5)
+
+
 def test_tacos_strategy_with_a_local_judge(graph):
     config, instance, home = graph
 

@@ -1,7 +1,9 @@
 """TACOS comparative scoring within tag clusters (research/tags-tacos.md §1.4, §1.5;
 reference-quirks.md §7).
 
-Faithful default: in each cluster, the cluster's label-set representatives in pool order form
+Faithful default: in each cluster, the cluster's label-set representatives, in the order their label
+sets first appear in the pool (tag_process.py keeps a set's first slot when a longer response
+replaces its representative), form
 disjoint consecutive pairs (0-1, 2-3, ...); a judge scores both items of a pair, 0-100, in one call,
 and each item keeps the score it got beside its partner. The reference drops an odd cluster's last
 item; here it is paired with a random item of the cluster that already has a score, and only the
@@ -25,7 +27,8 @@ import numpy as np
 
 from resources.llm import Messages, ParseError
 
-JUDGE_SYSTEM = "You are a careful and precise assistant who checks the quality of answers."
+# The AlpaGasus system message that TACOS's scorer sends (quoted in the research notes).
+JUDGE_SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
 PAIR_PROMPT = (
     "You are an expert on supervised fine-tuning (SFT) data. Compare the two data items below and "
     "score the quality of each one.\n"
@@ -78,12 +81,13 @@ class Comparison:
 
 
 def plan_comparisons(members: dict[int, list[str]], *, rounds: int = 1, both_orders: bool = False, seed: int = 0) -> list[Comparison]:
-    """Pairs per cluster. Round 0 is TACOS's: consecutive pairs in the given (pool) order; later
+    """Pairs per cluster, clusters in the given order. Round 0 is TACOS's: consecutive pairs in the
+    given member order (the order in which label sets first appear in the pool); later
     rounds shuffle the cluster first. An odd leftover meets a random earlier item of its cluster,
     and only its own score is kept. A cluster of one has no partner and stays unscored."""
     rng = random.Random(seed)
     plan = []
-    for cluster in sorted(members):
+    for cluster in members:
         rows = members[cluster]
         for r in range(rounds):
             order = list(rows) if r == 0 else rng.sample(rows, len(rows))

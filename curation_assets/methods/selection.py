@@ -29,11 +29,12 @@ def superfiltering(ifd: np.ndarray, budget: int, threshold: float = 1.0) -> list
 
 def cherry(rate: np.ndarray, kept: np.ndarray, budget_rate: float | None = None, count: int | None = None) -> tuple[list[int], int]:
     """data_by_IFD.py's selection: among kept rows (the skips already applied), sort (rate, index)
-    ascending and take the last n, returned in dataset order. n = int(len(kept) x rate) unless a
-    count is given. Deviations: NaN rates are dropped (the reference lets them through its `> 1`
-    test) and n = 0 selects nothing (the reference's [-0:] selects everything)."""
+    ascending and take the last n, returned in dataset order. n = int(len(kept) x rate), the kept
+    rows counted as the reference counts them (NaN included), unless a count is given. Deviations:
+    NaN rates are not selected (the reference lets them through its `> 1` test) and n = 0 selects
+    nothing (the reference's [-0:] selects everything)."""
     pairs = sorted((float(rate[i]), i) for i in range(len(rate)) if kept[i] and not math.isnan(rate[i]))
-    n = count if count else int(len(pairs) * (budget_rate or 0))
+    n = count if count else int(int(np.count_nonzero(kept)) * (budget_rate or 0))
     if n <= 0:
         return [], n
     return sorted(i for _, i in pairs[-n:]), n
@@ -160,26 +161,29 @@ def tacos_select(
 ) -> TacosResult:
     """sorted_1000.py: visit clusters from the smallest, take up to the cluster's quota of its best
     scored items, skipping items already taken and scores above 100. `scores` holds (row, cluster,
-    score) judgements. mode "global" is plain top-budget by each row's mean score. With `fill`, the
-    quota small clusters leave unused goes to the best remaining rows by mean score (research
-    PROPOSAL; the reference stops at K x 20)."""
+    score) judgements in judging order, which breaks ties as the reference's stable sorts do (equal
+    scores: the earlier judgement; equal sizes: the cluster judged first). Several judgements of a
+    row in one cluster (re-pairings, both orders) count as their mean. mode "global" is plain
+    top-budget by each row's mean over all its judgements. With `fill`, the quota small clusters
+    leave unused goes to the best remaining rows by mean score (research PROPOSAL; the reference
+    stops at K x 20)."""
     valid = [(r, c, s) for r, c, s in scores if s is not None and not math.isnan(s) and s <= 100]
     by_row: dict[int, list[float]] = {}
-    for r, _, s in valid:
+    in_cluster: dict[int, dict[int, list[float]]] = {}  # cluster -> row -> scores, both in first-judged order
+    for r, c, s in valid:
         by_row.setdefault(r, []).append(s)
+        in_cluster.setdefault(c, {}).setdefault(r, []).append(s)
     mean = {r: sum(v) / len(v) for r, v in by_row.items()}
     taken: list[int] = []
     picked_in: dict[int, int] = {}
     reason: dict[int, str] = {}
     if mode != "global":
-        clusters: dict[int, list[tuple[float, int]]] = {}
-        for r, c, s in valid:
-            clusters.setdefault(c, []).append((s, r))
-        sizes = {c: len(v) for c, v in clusters.items()}
+        sizes = {c: len(rows) for c, rows in in_cluster.items()}
         quotas = tacos_quotas(sizes, budget, mode, per_cluster)
-        for c in sorted(clusters, key=lambda c: (sizes[c], c)):
+        for c in sorted(in_cluster, key=lambda c: sizes[c]):  # stable: equal sizes keep judging order
             got = 0
-            for s, r in sorted(clusters[c], key=lambda t: (-t[0], t[1])):
+            ranked = sorted(in_cluster[c].items(), key=lambda item: -sum(item[1]) / len(item[1]))
+            for r, _ in ranked:
                 if got >= quotas[c] or len(taken) >= budget:
                     reason.setdefault(r, f"cluster {c} quota of {quotas[c]} already filled")
                     continue

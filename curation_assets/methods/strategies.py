@@ -54,6 +54,8 @@ class Picked:
     ineligible: set[int] = field(default_factory=set)  # rows the method's own rules rule out (not the budget)
     kl: np.ndarray | None = None  # TAGS with a target: each pick's KL improvement
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # further per-row values to report
+    budget: int | None = None  # the method's own budget where it is not the pool's (Cherry: a share of the rows it keeps)
+    budget_rule: str | None = None
 
 
 def _empty_gain(n: int) -> np.ndarray:
@@ -228,12 +230,16 @@ def pick_cherry(c: Candidates, budget: int, cfg) -> Picked:
     rate = c.column("ifd_loss")
     skip = c.rows["cherry_skip"].to_list() if "cherry_skip" in c.rows.columns else [None] * c.n
     kept = np.array([s is None for s in skip])
-    picked, _ = rules.cherry(rate, kept, count=budget)
+    # data_by_IFD.py: a fractional budget is a share of the rows its skip rules keep, not of the pool.
+    fraction = cfg.budget if cfg.budget <= 1 else None
+    picked, n = rules.cherry(rate, kept, budget_rate=fraction, count=None if fraction else budget)
     picked = sorted(picked, key=lambda i: -rate[i])
     gain = _empty_gain(c.n)
     gain[picked] = rate[picked]
-    reason = {i: (f"skipped by Cherry's rule: {skip[i]}" if skip[i] else "no IFD" if np.isnan(rate[i]) else "IFD below the budget") for i in range(c.n) if i not in set(picked)}
-    return Picked(picked, gain, "IFD (loss ratio)", reason, {i for i in range(c.n) if not kept[i] or np.isnan(rate[i])})
+    below = f"IFD below the budget ({n:,} of {int(kept.sum()):,} rows kept by Cherry's rules)"
+    reason = {i: (f"skipped by Cherry's rule: {skip[i]}" if skip[i] else "no IFD" if np.isnan(rate[i]) else below) for i in range(c.n) if i not in set(picked)}
+    rule = f"{fraction:.4g} of {int(kept.sum()):,} rows kept by Cherry's rules = {n:,} rows" if fraction else None
+    return Picked(picked, gain, "IFD (loss ratio)", reason, {i for i in range(c.n) if not kept[i] or np.isnan(rate[i])}, budget=n if fraction else None, budget_rule=rule)
 
 
 def pick_top_k(c: Candidates, budget: int, cfg) -> Picked:

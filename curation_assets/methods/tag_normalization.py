@@ -70,11 +70,14 @@ def rule_normalize(tag: str, stem: str = "word") -> str:
     if stem == "phrase":
         return _porter().stem(_NON_WORD.sub(" ", tag.lower()))
     text = tag.lower()
-    keep = {}
-    for i, match in enumerate(_KEEP_SYMBOLS.finditer(text)):
-        keep[f"keepsym{i}x"] = match.group(1)
-    for placeholder, symbol in keep.items():
-        text = text.replace(symbol, f" {placeholder} ", 1)
+    keep: dict[str, str] = {}
+
+    def protect(match: re.Match) -> str:
+        placeholder = f"keepsym{len(keep)}x"
+        keep[placeholder] = match.group(1)
+        return f" {placeholder} "
+
+    text = _KEEP_SYMBOLS.sub(protect, text)
     words = _NON_WORD.sub(" ", text).split()
     if stem == "word":
         words = [w if w in keep else _snowball().stem(w) for w in words]
@@ -133,7 +136,8 @@ def normalize_tags(
     """Normalize the raw tags of `rows` (row_id, raw_tags: list[str], response_chars, pool_order).
 
     Returns (per-row table, tag vocabulary). Per row: canonical_tags (readable labels), clusters,
-    labelset_representative. Vocabulary: one line per raw tag with its normalized key, canonical
+    labelset_representative, labelset_first_seen (pool position of the first row with that cluster
+    set; TACOS orders cluster members by it). Vocabulary: one line per raw tag with its normalized key, canonical
     tag, cluster, counts and, for dropped tags, the reason.
     """
     pairs = rows.select("row_id", pl.col("raw_tags").list.unique()).explode("raw_tags").drop_nulls("raw_tags")
@@ -223,6 +227,7 @@ def normalize_tags(
     )
     out = keyed.with_columns(
         pl.col("_i").is_in(firsts.implode()).alias("labelset_representative"),
+        pl.when(pl.col("clusters").list.len() > 0).then(pl.col("pool_order").min().over("_set")).alias("labelset_first_seen"),
         pl.col("canonical_tags").list.len().alias("n_canonical"),
     ).drop("_i", "_set")
 
