@@ -12,7 +12,7 @@ from curation_assets import ui
 from curation_assets.automation import global_refresh
 from curation_assets.methods.export import export_subset
 from curation_assets.methods.ingest import IngestOptions, ingest_file, load_options
-from curation_assets.methods.selection import resolve_budget
+from curation_assets.methods.selection import instag_metrics, resolve_budget
 from curation_assets.methods.strategies import STRATEGIES, Candidates
 from curation_assets.methods.tag_normalization import rule_normalize
 from curation_assets.methods.tree import ancestors, ground_vectors
@@ -318,6 +318,13 @@ def _subset_metadata(subset: pl.DataFrame, reasons: pl.DataFrame, c: Candidates,
         "reasons_sample": ui.md(sample.select("row_id", "selected", "rank", "gain", "reason", "tree_path", "nearest_similarity"), 60),
         **stats,
     }
+    if "canonical_tags" in c.rows.columns:  # InsTag's complexity (tags per row) and diversity (tag coverage)
+        tags = [t or [] for t in c.rows["canonical_tags"].to_list()]
+        chosen = reasons.filter(pl.col("selected")).sort("rank")["row_id"]
+        position = {r: i for i, r in enumerate(c.rows["row_id"].to_list())}
+        measures = instag_metrics(tags, [position[r] for r in chosen])
+        meta["tags_per_row"] = round(measures["complexity"], 3)
+        meta["tag_coverage"] = f"{100 * measures['tag_coverage']:.1f}% of the pool's canonical tags"
     if picture is not None:
         meta["leaf_coverage_plot"] = picture
     return meta

@@ -72,6 +72,7 @@ def test_checks_pass_and_metadata_shows_coverage(graph):
     meta = result.asset_materializations_for_node("selected_subset")[0].metadata
     assert "data:image/png" in meta["leaf_coverage_plot"].value and "leaves" in meta["leaf_coverage"].value
     assert "selected: rank 1" in meta["reasons_sample"].value
+    assert meta["tags_per_row"].value > 0 and "of the pool's canonical tags" in meta["tag_coverage"].value
 
 
 @pytest.mark.parametrize(
@@ -83,6 +84,7 @@ def test_checks_pass_and_metadata_shows_coverage(graph):
         {"strategy": "cherry", "budget": 10},
         {"strategy": "top_k", "budget": 10, "score": "avg_noisy_ifd", "score_below": 1.0},
         {"strategy": "random", "budget": 10, "seed": 3},
+        {"strategy": "instag", "budget": 10},
         {"strategy": "deita", "budget": 10, "deita_keys": ["ifd_ppl"], "deita_threshold": 0.5},
         {"strategy": "tags", "budget": 10, "complexity_factor": True, "quality_score": "ifd_ppl", "target_file": None, "target_leaves": []},
     ],

@@ -163,3 +163,15 @@ def test_kl_alignment_pulls_the_subset_toward_the_target():
 def test_target_distribution_smoothing_and_backoff():
     p = target_distribution(np.array([2.0, 0.0, 0.0, 0.0]), np.array([10, 10, 11, 11]), eps=1e-3, mu=0.2)
     assert abs(p.sum() - 1) < 1e-12 and p[1] > p[2] > 0  # the sibling of the target leaf gets mass
+
+
+def test_instag_takes_the_most_tagged_rows_that_add_a_tag_pass_by_pass():
+    tags = [["a"], ["a", "b", "c"], ["b", "c"], ["c", "d"], [], ["a", "b", "c"], ["e"]]
+    # Pass 1 over rows by tag count (1, 5, 2, 3, 0, 6; row 4 has none): row 1 adds a b c, row 3 adds d,
+    # row 6 adds e. Pass 2 starts afresh over 5, 2, 0: row 5 adds a b c. Pass 3: row 2 adds b c, row 0 adds a.
+    picked, new = rules.instag(tags, 10)
+    assert picked == [1, 3, 6, 5, 2, 0] and new == [3, 1, 1, 3, 2, 1]
+    assert rules.instag(tags, 2) == ([1, 3], [3, 1])
+    assert rules.instag([[], []], 5) == ([], [])
+    measures = rules.instag_metrics(tags, [1, 3])
+    assert measures == {"complexity": 2.5, "tag_coverage": 0.8}

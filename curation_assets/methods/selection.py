@@ -203,3 +203,45 @@ def tacos_select(
         if r not in picked_in:
             reason.setdefault(r, "below the budget by score")
     return TacosResult(taken, picked_in, {r: v for r, v in reason.items() if r not in picked_in})
+
+
+# --------------------------------------------------------------------------- InsTag
+
+
+def instag(tag_sets: Sequence[Sequence[str]], budget: int) -> tuple[list[int], list[int]]:
+    """InsTag's Algorithm 1, complexity-first diverse sampling (tags-tacos.md §3): rows by number
+    of tags, most first (stable: pool order on ties); each pass starts from an empty tag set and
+    takes every row that adds a tag not yet seen in that pass; passes repeat over the rows left
+    until the budget is met. Rows without tags are never taken (the reference would loop for ever).
+    Returns (picks in order, new tags each pick added)."""
+    ids: dict[str, int] = {}
+    coded = [np.unique(np.fromiter((ids.setdefault(t, len(ids)) for t in tags), dtype=np.int64)) for tags in tag_sets]
+    remaining = sorted((i for i, c in enumerate(coded) if len(c)), key=lambda i: -len(coded[i]))
+    picked: list[int] = []
+    new: list[int] = []
+    while remaining and len(picked) < budget:
+        seen = np.zeros(len(ids), dtype=bool)
+        left = []
+        for i in remaining:
+            if len(picked) >= budget:
+                break
+            fresh = int(np.count_nonzero(~seen[coded[i]]))
+            if fresh:
+                picked.append(i)
+                new.append(fresh)
+                seen[coded[i]] = True
+            else:
+                left.append(i)
+        remaining = left
+    return picked, new
+
+
+def instag_metrics(tag_sets: Sequence[Sequence[str]], subset: Sequence[int]) -> dict[str, float]:
+    """InsTag's measures: complexity = mean number of tags per row; diversity = share of the pool's
+    unique tags the subset covers."""
+    pool_tags = {t for tags in tag_sets for t in tags}
+    chosen = [set(tag_sets[i]) for i in subset]
+    return {
+        "complexity": float(np.mean([len(t) for t in chosen])) if chosen else 0.0,
+        "tag_coverage": len(set().union(*chosen)) / len(pool_tags) if pool_tags else 0.0,
+    }

@@ -254,6 +254,18 @@ def pick_top_k(c: Candidates, budget: int, cfg) -> Picked:
     return Picked(picked, gain, cfg.score, reason, {i for i in range(c.n) if np.isnan(values[i]) or not valid[i]})
 
 
+def pick_instag(c: Candidates, budget: int, cfg) -> Picked:
+    if "canonical_tags" not in c.rows.columns:
+        raise ValueError("the instag strategy needs normalized_tags")
+    tags = [t or [] for t in c.rows["canonical_tags"].to_list()]
+    picked, new = rules.instag(tags, budget)
+    gain = _empty_gain(c.n)
+    gain[picked] = new
+    untagged = {i for i, t in enumerate(tags) if not t}
+    reason = {i: "no canonical tags" if i in untagged else "budget reached before it added a tag in its pass" for i in range(c.n) if i not in set(picked)}
+    return Picked(picked, gain, "new tags in its pass", reason, untagged)
+
+
 def pick_random(c: Candidates, budget: int, cfg) -> Picked:
     picked = rules.random_subset(c.n, budget, cfg.seed)
     return Picked(picked, _empty_gain(c.n), "random draw", {i: f"not drawn (seed {cfg.seed})" for i in set(range(c.n)) - set(picked)})
@@ -262,6 +274,7 @@ def pick_random(c: Candidates, budget: int, cfg) -> Picked:
 STRATEGIES: dict[str, Callable[[Candidates, int, object], Picked]] = {
     "tags": pick_tags,
     "tacos": pick_tacos,
+    "instag": pick_instag,
     "tshirt": pick_tshirt,
     "deita": pick_deita,
     "iterit": pick_iterit,
