@@ -85,8 +85,8 @@ def part1(n_rows: int, n_tags: int) -> None:
     t = time.perf_counter()
     out, vocab = normalize_tags(rows, embedder.encode, NormalizationSettings(alpha=1, n_clusters=50))
     timings["normalize (rules, merge, k-means 50)"] = time.perf_counter() - t
-    leaves = out.select("row_id", "canonical_tags").explode("canonical_tags").drop_nulls().group_by("canonical_tags").len().sort("canonical_tags")
-    labels = leaves["canonical_tags"].to_list()
+    leaves = out.select("row_id", "tree_tags").explode("tree_tags").drop_nulls().group_by("tree_tags").len().sort("tree_tags")
+    labels = leaves["tree_tags"].to_list()
     t = time.perf_counter()
     nodes = build_tree(labels, embedder.encode([x.lower() for x in labels]), leaves["len"].to_numpy(), TreeSettings())
     memberships = ground_rows(out, nodes)

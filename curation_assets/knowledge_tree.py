@@ -60,7 +60,7 @@ def knowledge_tree(
     storage: CurationStorage,
 ):
     leaves = (
-        normalized_tags.select("row_id", pl.col("canonical_tags").alias("tag")).explode("tag").drop_nulls("tag")
+        normalized_tags.select("row_id", pl.col("tree_tags").alias("tag")).explode("tag").drop_nulls("tag")
         .group_by("tag").agg(pl.col("row_id").n_unique().alias("rows")).sort("tag")
     )
     labels = leaves["tag"].to_list()

@@ -35,6 +35,7 @@ class NormalizedTagsConfig(dg.Config):
     n_clusters: int = Field(50, description="K-means clusters over canonical tags (TACOS: 50).")
     embed_text: str = Field("surface", description="surface: embed each tag's commonest spelling; normalized: the stemmed key (TACOS).")
     seed: int = Field(0, description="K-means seed (TACOS leaves it unseeded).")
+    tree_min_rows: int = Field(2, description="TAGS tree leaves: keep tags used by at least this many rows, below alpha too (the long tail).")
 
     def settings(self) -> NormalizationSettings:
         return NormalizationSettings(**self.model_dump())

@@ -33,7 +33,7 @@ class SelectionConfig(dg.Config):
     seed: int = Field(0, description="Seed of the random strategy.")
     # TAGS
     quality_score: str | None = Field(None, description="tags: score used as quality q(x); null = 1 for every row.")
-    quality_transform: str = Field("percentile", description="tags: percentile, minmax or raw.")
+    quality_transform: str = Field("minmax", description="tags: minmax (the notes' \"scaled to [0,1]\"), percentile (pool rank, robust to outliers) or raw.")
     complexity_factor: bool = Field(False, description="tags: multiply q by 1 + log(1 + leaves) (InsTag complexity).")
     gamma: float = Field(1.0, description="tags: discount of a leaf's mass per level up the tree.")
     level_weights: dict[str, float] = Field({}, description="tags: node weight per depth (default 1).")
@@ -88,48 +88,42 @@ def load_candidates(context, storage: CurationStorage, normalized_tags: pl.DataF
 
 
 def target_leaf_mass(cfg: SelectionConfig, nodes: pl.DataFrame, vocabulary: pl.DataFrame, tagger: TaggerResource, embed, log) -> dict[int, float]:
-    """Mass of the target set per leaf: each target prompt spreads 1 over its grounded leaves (a tag
-    grounded on an internal node spreads its share over that node's leaves)."""
+    """p̂_T over leaves (tags-tacos.md §2.7): each target prompt x gives each node its tags ground
+    on 1/|nodes of x| (a node inside the tree shares that over its leaves), summed and divided by
+    |D_T|, the prompts with no grounded tag included. A target_leaves list counts as one prompt."""
     leaf_of_label = dict(zip(nodes.filter(pl.col("is_leaf"))["label"], nodes.filter(pl.col("is_leaf"))["node_id"]))
-    below = {}
-    for node, members in zip(nodes["node_id"], nodes["member_tags"]):
-        below[node] = [leaf_of_label[t] for t in members if t in leaf_of_label]
-    groups: list[list[int]] = []
+    below = {node: [leaf_of_label[t] for t in members if t in leaf_of_label] for node, members in zip(nodes["node_id"], nodes["member_tags"])}
+    target_sets: list[set[int]] = []  # grounded nodes per target prompt
     if cfg.target_leaves:
         label_node = dict(zip(nodes["label"], nodes["node_id"]))
         missing = [t for t in cfg.target_leaves if t not in label_node]
         if missing:
             raise dg.Failure(f"target_leaves not in the tree: {missing[:10]}")
-        groups.append([leaf for t in cfg.target_leaves for leaf in below[label_node[t]]])
+        target_sets.append({label_node[t] for t in cfg.target_leaves})
     if cfg.target_file:
         prompts = read_target_prompts(cfg.target_file)
         results = tagger.tag(prompts)
-        canon = dict(zip(vocabulary["raw_tag"], vocabulary["canonical_tag"]))
-        canon_by_key = dict(zip(vocabulary["normalized"], vocabulary["canonical_tag"]))
-        unknown: list[str] = []
-        row_tags: list[list[str]] = []
-        for r in results:
-            tags = [t["tag"] for t in (r.value or [])]
-            row_tags.append(tags)
-            unknown += [t for t in tags if canon.get(t) is None and canon_by_key.get(rule_normalize(t)) is None]
+        stem = vocabulary["stem"][0] if vocabulary.height else "word"
+        by_raw = dict(zip(vocabulary["raw_tag"], vocabulary["tree_tag"]))
+        by_key = {k: t for k, t in zip(vocabulary["normalized"], vocabulary["tree_tag"]) if t is not None}
+        leaf_label = {t: by_raw.get(t) or by_key.get(rule_normalize(t, stem)) for r in results for t in (x["tag"] for x in r.value or [])}
+        unknown = sorted(t for t, label in leaf_label.items() if label not in leaf_of_label)
         grounded = {}
         if unknown:
             ids, _ = ground_vectors(embed([t.lower() for t in unknown]), nodes, cfg.tau)
-            grounded = dict(zip(unknown, ids.tolist()))
-        for tags in row_tags:
-            nodes_here = set()
-            for t in tags:
-                label = canon.get(t) or canon_by_key.get(rule_normalize(t))
-                if label is not None and label in leaf_of_label:
-                    nodes_here.add(leaf_of_label[label])
-                elif t in grounded and grounded[t] >= 0:
-                    nodes_here.add(int(grounded[t]))
-            groups.append([leaf for n in nodes_here for leaf in (below[n] if n not in leaf_of_label.values() else [n])])
-        log(f"target: {len(prompts)} prompts, {len(unknown)} tags outside the vocabulary grounded by similarity")
+            grounded = {t: int(i) for t, i in zip(unknown, ids.tolist()) if i >= 0}
+        for r in results:
+            tags = [x["tag"] for x in r.value or []]
+            target_sets.append({leaf_of_label[leaf_label[t]] if leaf_label[t] in leaf_of_label else grounded[t] for t in tags if leaf_label[t] in leaf_of_label or t in grounded})
+        log(f"target: {len(prompts)} prompts, {len(unknown)} tags outside the tree grounded by similarity")
     mass: dict[int, float] = {}
-    for leaves in groups:
-        for leaf in leaves:
-            mass[leaf] = mass.get(leaf, 0.0) + 1.0 / len(leaves)
+    for grounded_nodes in target_sets:
+        for node in grounded_nodes:
+            leaves = below[node] or [node]
+            for leaf in leaves:
+                mass[leaf] = mass.get(leaf, 0.0) + 1.0 / (len(grounded_nodes) * len(leaves) * len(target_sets))
+    if not mass:
+        raise dg.Failure("no tag of the target prompts could be grounded on the tree: KL alignment has no target")
     return mass
 
 
@@ -231,7 +225,7 @@ def selected_subset(
         .select("row_id", "rank", "system_prompt", "messages", "instruction", "input", "response", "source_file", "source_row", "source_partition")
         .with_columns(pl.lit(config.strategy).alias("strategy"))
     )
-    yield dg.Output(subset, "selected_subset", metadata=_subset_metadata(subset, reasons, candidates, config, rule))
+    yield dg.Output(subset, "selected_subset", metadata={**_subset_metadata(subset, reasons, candidates, config, rule), **picked.summary})
     yield dg.Output(reasons, "selection_reasons", metadata=_reasons_metadata(reasons))
 
 

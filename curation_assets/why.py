@@ -64,6 +64,7 @@ def story(storage: CurationStorage, key: str, width: int = 100) -> str:
         lines.append(f"  open tags ({tags['status']}): " + (", ".join(t["tag"] for t in tags["tags"] or []) or tags["error"] or "none"))
     if normalized:
         lines.append(f"  canonical tags: {', '.join(normalized['canonical_tags']) or 'none (dropped by the frequency filter)'}")
+        lines.append(f"  tree leaves: {', '.join(normalized.get('tree_tags') or []) or 'none'}")
         lines.append(f"  clusters: {normalized['clusters']}{' (label-set representative)' if normalized['labelset_representative'] else ''}")
     reasons = _one(_table(storage, "selection_reasons"), row_id)
     if reasons and reasons["tree_path"]:

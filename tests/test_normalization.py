@@ -53,6 +53,13 @@ def test_frequency_filter_counts_rows_after_the_rules(encode):
     # TACOS counts raw strings: no spelling of "math" reaches 3 rows on its own.
     raw, _ = normalize_tags(rows_from(tags), encode, NormalizationSettings(alpha=3, count_on="raw", merge_threshold=None))
     assert raw["n_canonical"].sum() == 0
+    # The TAGS tree keeps the long tail: "poetry" (2 rows) is a leaf; "sonnet" (1 row) is not.
+    tree = normalize_tags(rows_from(tags + [["Sonnet"]]), encode, settings)[0]["tree_tags"].to_list()
+    assert tree[:3] == labels[:3] and tree[3] == tree[4] == ["Poetry"] and tree[5] == []
+    # Counted on rows whatever count_on says: "math" has 3 rows in three spellings.
+    tree_raw, vocab_raw = normalize_tags(rows_from(tags), encode, NormalizationSettings(alpha=3, count_on="raw", merge_threshold=None, tree_min_rows=3))
+    assert tree_raw["tree_tags"].to_list() == [["MATH"]] * 3 + [[], []]  # "poetry" has 2 rows < 3
+    assert set(vocab_raw["stem"]) == {"word"}
 
 
 def test_semantic_merge_joins_near_synonyms_under_the_most_used(encode):

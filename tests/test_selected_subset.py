@@ -73,6 +73,7 @@ def test_checks_pass_and_metadata_shows_coverage(graph):
     assert "data:image/png" in meta["leaf_coverage_plot"].value and "leaves" in meta["leaf_coverage"].value
     assert "selected: rank 1" in meta["reasons_sample"].value
     assert meta["tags_per_row"].value > 0 and "of the pool's canonical tags" in meta["tag_coverage"].value
+    assert meta["tree_information"].value > 0 and 0 < meta["entropy_depth_1"].value <= 1
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 import scipy.sparse as sp
 
@@ -163,6 +164,21 @@ def test_kl_alignment_pulls_the_subset_toward_the_target():
 def test_target_distribution_smoothing_and_backoff():
     p = target_distribution(np.array([2.0, 0.0, 0.0, 0.0]), np.array([10, 10, 11, 11]), eps=1e-3, mu=0.2)
     assert abs(p.sum() - 1) < 1e-12 and p[1] > p[2] > 0  # the sibling of the target leaf gets mass
+    # Divided by |D_T| = 4 prompts (two of them grounded nowhere): (0.5 + 1e-3) / (0.5 + 4e-3) before backing off.
+    q = target_distribution(np.array([2.0, 0.0, 0.0, 0.0]), eps=1e-3, total=4)
+    assert np.allclose(q, np.array([0.501, 0.001, 0.001, 0.001]) / 0.504)
+
+
+def test_target_leaf_mass_shares_each_prompt_over_its_grounded_nodes():
+    from curation_assets.selected_subset import SelectionConfig, target_leaf_mass
+
+    # root 0 -> inner 1 (leaves 3, 4, 5) and leaf 2; a leaf list naming leaf 2 and node 1 is one prompt.
+    nodes = pl.DataFrame({
+        "node_id": [0, 1, 2, 3, 4, 5], "label": ["root", "inner", "x", "a", "b", "c"], "is_leaf": [False, False, True, True, True, True],
+        "member_tags": [["x", "a", "b", "c"], ["a", "b", "c"], ["x"], ["a"], ["b"], ["c"]],
+    })
+    mass = target_leaf_mass(SelectionConfig(target_leaves=["x", "inner"]), nodes, pl.DataFrame(), None, None, print)
+    assert mass == pytest.approx({2: 0.5, 3: 1 / 6, 4: 1 / 6, 5: 1 / 6})
 
 
 def test_instag_takes_the_most_tagged_rows_that_add_a_tag_pass_by_pass():
@@ -175,3 +191,16 @@ def test_instag_takes_the_most_tagged_rows_that_add_a_tag_pass_by_pass():
     assert rules.instag([[], []], 5) == ([], [])
     measures = rules.instag_metrics(tags, [1, 3])
     assert measures == {"complexity": 2.5, "tag_coverage": 0.8}
+
+
+def test_tree_metrics_information_and_level_entropy():
+    from curation_assets.methods.tags_sampler import tree_metrics
+
+    # root 0; level 1: nodes 1, 2; level 2: leaves 3, 4 under 1 and 5 under 2.
+    tree = TreeIndex.from_nodes([0, 1, 2, 3, 4, 5], [None, 0, 0, 1, 1, 2], [0, 1, 1, 2, 2, 2])
+    mass = np.array([9.0, 2.0, 2.0, 1.0, 1.0, 2.0])
+    m = tree_metrics(mass, tree, range(6))
+    assert m["tree_information"] == pytest.approx(float(phi(mass[1:]).sum()))
+    assert m["entropy_depth_1"] == pytest.approx(1.0)  # two nodes, equal mass
+    p = np.array([0.25, 0.25, 0.5])
+    assert m["entropy_depth_2"] == pytest.approx(-(p * np.log(p)).sum() / np.log(3))

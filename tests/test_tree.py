@@ -59,7 +59,7 @@ def test_same_seed_same_tree(real_tags):
 def test_grounding_rows_and_unknown_tags(real_tags):
     rows, labels, vectors, counts, encode = real_tags
     nodes = build_tree(labels, vectors, counts, TreeSettings(seed=0))
-    memberships = ground_rows(rows, nodes)
+    memberships = ground_rows(rows, nodes, "canonical_tags")
     tagged = rows.filter(pl.col("canonical_tags").list.len() > 0)
     assert memberships["row_id"].n_unique() == tagged.height
     assert np.allclose(memberships.group_by("row_id").agg(pl.col("weight").sum())["weight"], 1.0)

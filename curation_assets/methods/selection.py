@@ -87,7 +87,7 @@ def deita_filter(
     semantics). Stops once data_size rows are kept (-1: no limit). Not distilabel's filter, which
     compares each row with its nearest neighbour in the whole input. A zero-norm embedding is an
     error (`allow_zero_norm` reproduces the reference: its NaN cosines never reject)."""
-    emb = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
+    emb = torch.from_numpy(np.array(embeddings, dtype=np.float32))  # a writable copy
     norms = emb.norm(dim=1)
     if (norms == 0).any() and not allow_zero_norm:
         raise ValueError(f"rows {torch.nonzero(norms == 0).ravel().tolist()[:10]} have zero-norm embeddings")

@@ -14,7 +14,7 @@ import scipy.sparse as sp
 
 from curation_assets.methods import selection as rules
 from curation_assets.methods.iterit import greedy_order
-from curation_assets.methods.tags_sampler import TreeIndex, kl_greedy, lazy_greedy, node_mass_matrix
+from curation_assets.methods.tags_sampler import TreeIndex, kl_greedy, lazy_greedy, node_mass_matrix, tree_metrics
 from curation_assets.methods.tshirt import hierarchical_top_k, tshirt_statistics
 
 
@@ -28,7 +28,7 @@ class Candidates:
     nodes: pl.DataFrame | None = None  # node_id, parent_id, depth, is_leaf, label
     comparisons: pl.DataFrame | None = None  # row_id, cluster, score
     embed: Callable[[list[str]], np.ndarray] | None = None
-    target_leaf_mass: dict[int, float] | None = None  # leaf node_id -> mass of the target set
+    target_leaf_mass: dict[int, float] | None = None  # leaf node_id -> p̂_T, the target set's share
 
     @property
     def n(self) -> int:
@@ -56,6 +56,7 @@ class Picked:
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # further per-row values to report
     budget: int | None = None  # the method's own budget where it is not the pool's (Cherry: a share of the rows it keeps)
     budget_rule: str | None = None
+    summary: dict[str, float] = field(default_factory=dict)  # subset-level measures for the UI
 
 
 def _empty_gain(n: int) -> np.ndarray:
@@ -88,11 +89,12 @@ def pick_tags(c: Candidates, budget: int, cfg) -> Picked:
     for i in range(n):
         if i not in reason and np.isnan(result.gain[i]):
             reason[i] = f"budget reached: information gain now {result.final_gain[i]:.4g}, last pick's was {last:.4g}"
-    return Picked(result.order, result.gain, "information gain", reason, kl=result.kl_gain if c.target_leaf_mass else None, extra={"quality": quality})
+    summary = {k: round(v, 4) for k, v in tree_metrics(result.node_mass, tree, c.nodes["node_id"].to_list()).items()}
+    return Picked(result.order, result.gain, "information gain", reason, kl=result.kl_gain if c.target_leaf_mass else None, extra={"quality": quality}, summary=summary)
 
 
 def tags_quality(c: Candidates, cfg) -> np.ndarray:
-    """q(x): 1, or a score scaled to [0, 1] (pool percentile or min-max); optionally times InsTag's
+    """q(x): 1, or a score scaled to [0, 1] (min-max or pool percentile) or as it is; optionally times InsTag's
     complexity factor 1 + log(1 + |leaves|)."""
     if cfg.quality_score:
         values = c.column(cfg.quality_score)
@@ -103,9 +105,11 @@ def tags_quality(c: Candidates, cfg) -> np.ndarray:
             q[ok] = (values[ok] - lo) / (hi - lo) if hi > lo else 1.0
         elif cfg.quality_transform == "raw":
             q[ok] = np.maximum(values[ok], 0)
-        else:
+        elif cfg.quality_transform == "percentile":
             ranks = pl.Series(values[ok]).rank("average").to_numpy()
             q[ok] = ranks / ok.sum()
+        elif cfg.quality_transform != "minmax":
+            raise ValueError(f"quality_transform must be minmax, percentile or raw, not {cfg.quality_transform!r}")
     else:
         q = np.ones(c.n)
     if cfg.complexity_factor and c.memberships is not None:
@@ -120,7 +124,7 @@ def target_over_leaves(c: Candidates, leaf_ids: list[int], cfg) -> np.ndarray:
 
     counts = np.array([c.target_leaf_mass.get(leaf, 0.0) for leaf in leaf_ids])
     parents = dict(zip(c.nodes["node_id"].to_list(), c.nodes["parent_id"].to_list()))
-    return target_distribution(counts, np.array([parents[leaf] for leaf in leaf_ids]), eps=cfg.kl_eps, mu=cfg.kl_backoff)
+    return target_distribution(counts, np.array([parents[leaf] for leaf in leaf_ids]), eps=cfg.kl_eps, mu=cfg.kl_backoff, total=1.0)
 
 
 def pick_tacos(c: Candidates, budget: int, cfg) -> Picked:

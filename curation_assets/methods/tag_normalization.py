@@ -46,6 +46,7 @@ class NormalizationSettings:
     n_clusters: int = 50
     embed_text: str = "surface"  # embed the most common surface form, or "normalized" (the stemmed key)
     seed: int = 0
+    tree_min_rows: int = 2  # TAGS leaves keep the long tail: a tag used by this many rows (tags-tacos.md §2.2)
 
 
 @lru_cache(maxsize=1)
@@ -135,10 +136,12 @@ def normalize_tags(
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Normalize the raw tags of `rows` (row_id, raw_tags: list[str], response_chars, pool_order).
 
-    Returns (per-row table, tag vocabulary). Per row: canonical_tags (readable labels), clusters,
+    Returns (per-row table, tag vocabulary). Per row: canonical_tags (readable labels), tree_tags (the
+    TAGS leaves: canonical tags plus rarer tags used by tree_min_rows rows), clusters,
     labelset_representative, labelset_first_seen (pool position of the first row with that cluster
-    set; TACOS orders cluster members by it). Vocabulary: one line per raw tag with its normalized key, canonical
-    tag, cluster, counts and, for dropped tags, the reason.
+    set; TACOS orders cluster members by it). Vocabulary: one line per raw tag with its normalized key
+    (and the `stem` rule that made it), canonical tag, cluster, tree leaf, counts and, for tags
+    dropped by the frequency filter, the reason.
     """
     pairs = rows.select("row_id", pl.col("raw_tags").list.unique()).explode("raw_tags").drop_nulls("raw_tags")
     raw_counts = pairs.group_by("raw_tags").agg(pl.len().alias("raw_count")).rename({"raw_tags": "raw_tag"})
@@ -146,6 +149,7 @@ def normalize_tags(
         pl.col("raw_tag").map_elements(lambda t: rule_normalize(t, settings.stem), return_dtype=pl.String).alias("normalized")
     )
     pairs = pairs.rename({"raw_tags": "raw_tag"}).join(raw_counts.select("raw_tag", "normalized", "raw_count"), on="raw_tag")
+    all_pairs = pairs
     if settings.count_on == "raw":
         pairs = pairs.filter(pl.col("raw_count") >= settings.alpha)
     norm = pairs.filter(pl.col("normalized") != "").select("row_id", "normalized").unique()
@@ -231,6 +235,21 @@ def normalize_tags(
         pl.col("canonical_tags").list.len().alias("n_canonical"),
     ).drop("_i", "_set")
 
+    # TAGS leaves (tags-tacos.md §2.2): fine-grained concepts are long-tailed, so the tree keeps every
+    # tag used by tree_min_rows rows: its canonical tag where it passed alpha, else its own label.
+    by_key = all_pairs.filter(pl.col("normalized") != "").select("row_id", "normalized").unique()
+    tree_rows = by_key.group_by("normalized").agg(pl.len().alias("rows"))
+    tree_label = {
+        k: labels[key_to_canonical.get(k, k)] for k, n in tree_rows.iter_rows() if k in key_to_canonical or n >= settings.tree_min_rows
+    }
+    tree_tags = (
+        by_key.with_columns(pl.col("normalized").replace_strict(tree_label, default=None, return_dtype=pl.String).alias("tag"))
+        .drop_nulls("tag").group_by("row_id").agg(pl.col("tag").unique().sort().alias("tree_tags"))
+    )
+    out = out.join(tree_tags, on="row_id", how="left", maintain_order="left").with_columns(
+        pl.col("tree_tags").fill_null(pl.lit([], dtype=pl.List(pl.String)))
+    )
+
     vocabulary = (
         raw_counts.join(counts, on="normalized", how="left")
         .with_columns(
@@ -238,6 +257,8 @@ def normalize_tags(
         )
         .with_columns(
             pl.col("canonical_key").replace_strict(labels, default=None, return_dtype=pl.String).alias("canonical_tag"),
+            pl.col("normalized").replace_strict(tree_label, default=None, return_dtype=pl.String).alias("tree_tag"),
+            pl.lit(settings.stem).alias("stem"),
             pl.col("canonical_key").replace_strict(cluster_of, default=None, return_dtype=pl.Int32).alias("cluster"),
             pl.when(pl.col("normalized") == "")
             .then(pl.lit("empty after normalization"))
@@ -245,7 +266,7 @@ def normalize_tags(
             .then(pl.lit(f"used by fewer than {settings.alpha} rows"))
             .alias("dropped_reason"),
         )
-        .select("raw_tag", "normalized", "canonical_tag", "cluster", "raw_count", "count", "dropped_reason")
+        .select("raw_tag", "normalized", "canonical_tag", "cluster", "tree_tag", "raw_count", "count", "dropped_reason", "stem")
         .sort(["count", "raw_tag"], descending=[True, False], nulls_last=True)
     )
     return out.drop("pool_order"), vocabulary

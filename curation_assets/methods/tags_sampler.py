@@ -68,6 +68,22 @@ class TreeIndex:
         return np.array([self.level_weight.get(int(d), 1.0) for d in self.depth])
 
 
+def tree_metrics(mass: np.ndarray, tree: TreeIndex, node_ids) -> dict[str, float]:
+    """tags-tacos.md §2.5's analysis numbers for a subset with node masses M_v: TI(S) =
+    sum_v w_v phi(M_v) over non-root nodes, and per level d the normalized entropy
+    H_d = -sum p_v log p_v / log |level d| with p_v proportional to M_v."""
+    ids = np.asarray([n for n in node_ids if tree.depth[n] > 0], dtype=np.int64)
+    out = {"tree_information": float((tree.weights()[ids] * phi(mass[ids])).sum())}
+    for d in np.unique(tree.depth[ids]):
+        level = ids[tree.depth[ids] == d]
+        m = mass[level]
+        if len(level) < 2 or m.sum() <= 0:
+            continue
+        p = m[m > 0] / m.sum()
+        out[f"entropy_depth_{int(d)}"] = float(-(p * np.log(p)).sum() / np.log(len(level)))
+    return out
+
+
 def node_mass_matrix(rows: np.ndarray, leaves: np.ndarray, weights: np.ndarray, quality: np.ndarray, tree: TreeIndex, n_rows: int, gamma: float = 1.0) -> sp.csr_matrix:
     """A[x, v] = q(x) * a(x, v) for every row x and node v (root excluded), from memberships
     (row, leaf, weight) exploded along each leaf's path, vectorized."""
@@ -197,10 +213,12 @@ def kl_greedy(
     return TagsResult(order, picked_gain, picked_kl, all_gains(a, mass, w), mass)
 
 
-def target_distribution(counts: np.ndarray, parents: np.ndarray | None = None, *, eps: float = 1e-3, mu: float = 0.0) -> np.ndarray:
-    """p_T over leaves from (fractional) target counts: add-eps smoothing, and with `mu` > 0 a
+def target_distribution(counts: np.ndarray, parents: np.ndarray | None = None, *, eps: float = 1e-3, mu: float = 0.0, total: float | None = None) -> np.ndarray:
+    """p_T over leaves from (fractional) target counts divided by `total` (|D_T|, prompts without a
+    grounded tag included; default: the counts' sum), with add-eps smoothing and, with `mu` > 0, a
     back-off that gives each leaf mu x its parent's mass shared among the parent's leaves."""
-    p = counts / counts.sum() if counts.sum() > 0 else np.full(len(counts), 1.0 / len(counts))
+    total = counts.sum() if total is None else total
+    p = counts / total if total > 0 else np.full(len(counts), 1.0 / len(counts))
     if mu > 0 and parents is not None:
         parent_mass: dict[int, float] = {}
         siblings: dict[int, int] = {}

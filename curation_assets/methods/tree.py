@@ -153,10 +153,10 @@ def name_internal_nodes(nodes: pl.DataFrame, namer: Callable[[list[list[str]]], 
     return nodes.with_columns(pl.col("node_id").replace_strict(labels, return_dtype=pl.String).alias("label"))
 
 
-def ground_rows(row_tags: pl.DataFrame, nodes: pl.DataFrame) -> pl.DataFrame:
+def ground_rows(row_tags: pl.DataFrame, nodes: pl.DataFrame, column: str = "tree_tags") -> pl.DataFrame:
     """Row-to-leaf memberships: (row_id, node_id, weight = 1 / number of the row's leaves)."""
     leaves = nodes.filter(pl.col("is_leaf")).select(pl.col("label").alias("tag"), "node_id")
-    pairs = row_tags.select("row_id", pl.col("canonical_tags").alias("tag")).explode("tag").drop_nulls("tag").join(leaves, on="tag")
+    pairs = row_tags.select("row_id", pl.col(column).alias("tag")).explode("tag").drop_nulls("tag").join(leaves, on="tag")
     return pairs.select("row_id", "node_id").unique().with_columns((1.0 / pl.len().over("row_id")).alias("weight")).sort("row_id", "node_id")
 
 
