@@ -19,6 +19,7 @@ from curation_assets.methods.tree import ancestors, ground_vectors
 from curation_assets.normalized_tags import all_shards, pool_rows, shard_frames
 from curation_assets.rowwise import cached_encode
 from resources.models import EmbedderResource
+from resources.scorer import CausalLMScorerResource
 from resources.storage import CurationStorage
 from resources.tagger import TaggerResource
 
@@ -57,7 +58,7 @@ class SelectionConfig(dg.Config):
     deita_batch_size: int = Field(1, description="deita: the reference's batch semantics when > 1.")
     # IterIT, Superfiltering, top-k
     iterit_gamma: float = Field(0.1, description="iterit: n-gram weight decay per selected response.")
-    iterit_eos: str = Field("</s>", description="iterit: EOS string appended to each response document.")
+    iterit_eos: str | None = Field(None, description="iterit: EOS string appended to each response document; null = the scorer tokenizer's.")
     ifd_threshold: float = Field(1.0, description="superfiltering: keep IFD below this.")
     score: str = Field("ifd_ppl", description="top_k: the score to rank by.")
     descending: bool = Field(True, description="top_k: higher is better.")
@@ -201,10 +202,13 @@ def selected_subset(
     comparative_scores: pl.DataFrame,
     embedder: EmbedderResource,
     tagger: TaggerResource,
+    scorer: CausalLMScorerResource,
     storage: CurationStorage,
 ):
     if config.strategy not in STRATEGIES:
         raise dg.Failure(f"unknown strategy {config.strategy!r}; choose one of {sorted(STRATEGIES)}")
+    if config.strategy == "iterit" and config.iterit_eos is None:  # IterIT: targets = output + tokenizer.eos_token
+        config = config.model_copy(update={"iterit_eos": scorer.eos_token()})
     rows = load_candidates(context, storage, normalized_tags, comparative_scores)
     budget = resolve_budget(config.budget, rows.height) if rows.height else 0
     cache = storage.row_cache("embeddings", embedder.version())

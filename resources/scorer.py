@@ -29,6 +29,16 @@ def _load(name: str, device: str, dtype: str, attn: str):
     return tokenizer, model.to(pick_device(device)).eval()
 
 
+@functools.lru_cache(maxsize=2)
+def _tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(resolve_model_path(name))
+    except OSError as exc:
+        raise ModelNotAvailableError(f"cannot load the tokenizer of scorer model {name!r} ({exc})") from exc
+
+
 def model_fingerprint(name: str) -> str:
     """Identity of the weights: the config and weight files' names and sizes (a snapshot id for
     hub models), so a changed model makes its scores stale."""
@@ -56,6 +66,10 @@ class CausalLMScorerResource(dg.ConfigurableResource):
 
     def load(self):
         return _load(self.model, self.device, self.dtype, self.attn_implementation)
+
+    def eos_token(self) -> str:
+        """The tokenizer's EOS string (IterIT appends it to each response document)."""
+        return _tokenizer(self.model).eos_token or ""
 
     def identity(self) -> dict:
         return {"model": self.model, "weights": model_fingerprint(self.model), "dtype": self.dtype}

@@ -113,6 +113,21 @@ def test_strategy_outputs_match_the_method_code(graph):
     assert subset["row_id"].to_list() == [order["row_id"][i] for i in expected]
 
 
+def test_iterit_documents_end_with_the_scorer_eos(graph):
+    """IterIT's TF-IDF documents are response + tokenizer.eos_token, the scorer's own EOS by default."""
+    from curation_assets.methods.iterit import greedy_order
+
+    assert select(graph, strategy="iterit", budget=12).success
+    subset, reasons = tables(graph)
+    pool = pl.read_parquet(graph[2] / "assets" / "raw_pool" / "*.parquet").select("row_id", "response")
+    scores = reasons.explode("scores").unnest("scores").filter(pl.col("name") == "iterit_ifd").select("row_id", "value")
+    rows = reasons.select("row_id").join(scores, on="row_id", how="left").join(pool.unique("row_id"), on="row_id", how="left")
+    ifd = rows["value"].fill_null(float("nan")).to_numpy().astype("float32")
+    docs = [r + "<|endoftext|>" for r in rows["response"]]
+    expected = [i for i in greedy_order(ifd, docs, range(rows.height), rows.height, 12)[:12] if ifd[i] < 1]
+    assert subset["row_id"].to_list() == [rows["row_id"][i] for i in expected]
+
+
 def test_cherry_fraction_is_a_share_of_the_rows_its_rules_keep(graph):
     assert select(graph, strategy="cherry", budget=0.5).success
     subset, reasons = tables(graph)

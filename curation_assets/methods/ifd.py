@@ -6,7 +6,8 @@
   tokenizing the text before the response on its own. Direct: the response alone, truncated to
   max_length - P + 1; without a BOS its first token is not scored (T-1 tokens).
   Quirks kept: NaN for an empty or 1-token response and for a prompt that fills the window. Quirk
-  changed: an exception is a NaN with a logged reason, not the reference's silent (0, 0) -> IFD 0.
+  changed: the reference turns any exception into a silent (0, 0) -> IFD 0; here an error (a single
+  row too large for memory included) fails the run with its cause, so no row gets a made-up 0.
 - T-SHIRT's clean row (`tshirt` clean IFD and token differences d_t = l^c_t - l^u_t) is the same
   computation with a direct budget one token smaller (max_length - P, +1 with a BOS); causal models
   make its direct losses a prefix of Superfiltering's, so one pass serves both.
