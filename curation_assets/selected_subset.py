@@ -33,6 +33,7 @@ class SelectionConfig(dg.Config):
     budget: float = Field(0.05, description="A fraction of the pool (<= 1) or a number of rows (> 1).")
     seed: int = Field(0, description="Seed of the random strategy.")
     # TAGS
+    tags_gain: str = Field("exact_lazy", description="tags: exact_lazy (exact gains, CELF) or mig_linear (MIG's first-order gain, every row each step).")
     quality_score: str | None = Field(None, description="tags: score used as quality q(x); null = 1 for every row.")
     quality_transform: str = Field("minmax", description="tags: minmax (the notes' \"scaled to [0,1]\"), percentile (pool rank, robust to outliers) or raw.")
     complexity_factor: bool = Field(False, description="tags: multiply q by 1 + log(1 + leaves) (InsTag complexity).")

@@ -146,6 +146,26 @@ def test_lazy_greedy_equals_plain_greedy(seed):
     assert tops == {1, 2, 3}
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_mig_linear_gain_is_migs_sampler_on_the_tree(seed):
+    import torch
+
+    from curation_assets.methods.tags_sampler import linear_greedy
+
+    rng = np.random.default_rng(seed)
+    tree, rows, leaves, weights = random_tree(rng)
+    a = node_mass_matrix(rows, leaves, weights, rng.uniform(0.2, 1.0, 40), tree, 40)
+    # MIG's loop (mig/sampler.py) with the tree's node masses as its propagated label vectors.
+    pool, mask, x_sel, migs = torch.tensor(a.toarray()), torch.ones(40, dtype=torch.bool), torch.zeros(a.shape[1], dtype=torch.float64), []
+    for _ in range(12):
+        candidate = pool[mask] @ (0.8 * (x_sel + 1e-6) ** (0.8 - 1))
+        picked = int(torch.nonzero(mask).squeeze()[torch.argmax(candidate)])
+        x_sel += pool[picked]
+        mask[picked] = False
+        migs.append(picked)
+    assert linear_greedy(a, 12, np.ones(a.shape[1])).order == migs
+
+
 def test_kl_alignment_pulls_the_subset_toward_the_target():
     rng = np.random.default_rng(5)
     tree, rows, leaves, weights = random_tree(rng, n_rows=60)
@@ -204,3 +224,20 @@ def test_tree_metrics_information_and_level_entropy():
     assert m["entropy_depth_1"] == pytest.approx(1.0)  # two nodes, equal mass
     p = np.array([0.25, 0.25, 0.5])
     assert m["entropy_depth_2"] == pytest.approx(-(p * np.log(p)).sum() / np.log(3))
+
+
+@pytest.mark.parametrize("block", [1, 7, 1024])
+def test_deita_blocks_keep_the_row_at_a_time_answer(block):
+    rng = np.random.default_rng(block)
+    emb = rng.normal(size=(300, 8)).astype(np.float32)
+    emb[:150] = emb[:150] * 0.2 + emb[0]  # a dense cluster: many rejections
+    scores = rng.uniform(0, 10, 300)
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    kept = []
+    for i in np.argsort(-scores, kind="stable"):
+        if not kept or (unit[kept] @ unit[i]).max() <= 0.9:
+            kept.append(int(i))
+    result = rules.deita_filter(emb, scores, 0.9, block=block)
+    assert result.selected == kept and len(result.rejected_by) == 300 - len(kept)
+    assert all(float(unit[p] @ unit[r]) > 0.9 - 1e-6 for r, (p, _) in result.rejected_by.items())
+    assert rules.deita_filter(emb, scores, 0.9, data_size=20, block=block).selected == kept[:20]

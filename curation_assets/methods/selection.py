@@ -98,38 +98,59 @@ def deita_filter(
     kept: list[int] = [scan[0]] if scan else []
     rejected: dict[int, tuple[int, float]] = {}
     limit = data_size if data_size > -1 else len(scan)
+    if batch_size == 1:
+        _scan_one_at_a_time(emb, scan, kept, rejected, threshold, limit, block)
+        return DeitaResult(kept[:limit], rejected, scan)
     pos = 1
     while pos < len(scan) and len(kept) < limit:
-        step = block if batch_size == 1 else batch_size
-        chunk = scan[pos : pos + step]
+        chunk = scan[pos : pos + batch_size]
         pos += len(chunk)
         cur = emb[chunk]
         to_kept = cur @ emb[kept].T
         within = cur @ cur.T
         accepted_here: list[int] = []
         for j, row in enumerate(chunk):
-            best = int(torch.argmax(to_kept[j])) if kept else -1
+            best = int(torch.argmax(to_kept[j]))
             hit = bool((to_kept[j] > threshold).any())
-            partner, sim = (kept[best], float(to_kept[j, best])) if kept else (-1, float("nan"))
-            if batch_size == 1:
-                earlier = [k for k in accepted_here]
-            else:
-                earlier = list(range(j))
-            close = [k for k in earlier if within[j, k] > threshold]
+            partner, sim = kept[best], float(to_kept[j, best])
+            close = [k for k in range(j) if within[j, k] > threshold]
             if close and (not hit or float(within[j, close[0]]) > sim):
                 partner, sim, hit = chunk[close[0]], float(within[j, close[0]]), True
             if hit:
                 rejected[row] = (partner, sim)
             else:
                 accepted_here.append(j)
-                if batch_size == 1:
-                    kept.append(row)
-                    if len(kept) >= limit:
-                        break
-                    to_kept = torch.cat([to_kept, cur @ emb[row][:, None]], dim=1)
-        if batch_size > 1:
-            kept.extend(chunk[k] for k in accepted_here)
+        kept.extend(chunk[k] for k in accepted_here)
     return DeitaResult(kept[:limit], rejected, scan)
+
+
+def _scan_one_at_a_time(emb: torch.Tensor, scan: list[int], kept: list[int], rejected: dict, threshold: float, limit: int, block: int) -> None:
+    """batch_size 1 (the reference's default): each row against every row kept before it. Rows are
+    compared in blocks: one product against the rows kept before the block, one within the block,
+    then a pass in order that also checks the block's own earlier acceptances."""
+    kept_emb = torch.empty((max(min(limit, len(scan)), 1), emb.shape[1]), dtype=emb.dtype)
+    if kept:
+        kept_emb[0] = emb[kept[0]]
+    pos = 1
+    while pos < len(scan) and len(kept) < limit:
+        chunk = scan[pos : pos + block]
+        pos += len(chunk)
+        cur = emb[chunk]
+        best_sim, best_at = (cur @ kept_emb[: len(kept)].T).max(dim=1)
+        best_sim, best_at, within = best_sim.numpy(), best_at.numpy(), (cur @ cur.T).numpy()
+        accepted = np.zeros(len(chunk), dtype=bool)
+        for j, row in enumerate(chunk):
+            earlier = np.flatnonzero(accepted[:j])
+            k = earlier[np.argmax(within[j, earlier])] if len(earlier) else -1
+            near_sim = within[j, k] if k >= 0 else -np.inf
+            if best_sim[j] > threshold or near_sim > threshold:
+                rejected[row] = (chunk[k], float(near_sim)) if near_sim > best_sim[j] else (kept[best_at[j]], float(best_sim[j]))
+                continue
+            accepted[j] = True
+            kept_emb[len(kept)] = emb[row]
+            kept.append(row)
+            if len(kept) >= limit:
+                return
 
 
 # --------------------------------------------------------------------------- TACOS

@@ -14,7 +14,7 @@ import scipy.sparse as sp
 
 from curation_assets.methods import selection as rules
 from curation_assets.methods.iterit import greedy_order
-from curation_assets.methods.tags_sampler import TreeIndex, kl_greedy, lazy_greedy, node_mass_matrix, tree_metrics
+from curation_assets.methods.tags_sampler import TreeIndex, kl_greedy, lazy_greedy, linear_greedy, node_mass_matrix, tree_metrics
 from curation_assets.methods.tshirt import hierarchical_top_k, tshirt_statistics
 
 
@@ -76,13 +76,19 @@ def pick_tags(c: Candidates, budget: int, cfg) -> Picked:
     tree = TreeIndex.from_nodes(c.nodes["node_id"].to_list(), c.nodes["parent_id"].to_list(), c.nodes["depth"].to_list(), {int(k): float(v) for k, v in cfg.level_weights.items()})
     a = node_mass_matrix(rows, leaves, weights, quality, tree, n, cfg.gamma)
     if c.target_leaf_mass:
+        if cfg.tags_gain != "exact_lazy":
+            raise ValueError("KL alignment runs on exact gains: tags_gain mig_linear is for unaligned parity runs with MIG")
         leaf_ids = c.nodes.filter(pl.col("is_leaf"))["node_id"].to_list()
         col = {leaf: k for k, leaf in enumerate(leaf_ids)}
         lw = sp.csr_matrix((weights, (rows, [col[int(x)] for x in leaves])), shape=(n, len(leaf_ids)))
         target = target_over_leaves(c, leaf_ids, cfg)
         result = kl_greedy(a, lw, target, budget, tree.weights(), lam=cfg.kl_lambda, eps=cfg.kl_eps)
-    else:
+    elif cfg.tags_gain == "mig_linear":
+        result = linear_greedy(a, budget, tree.weights())
+    elif cfg.tags_gain == "exact_lazy":
         result = lazy_greedy(a, budget, tree.weights())
+    else:
+        raise ValueError(f"tags_gain must be exact_lazy or mig_linear, not {cfg.tags_gain!r}")
     no_leaf = set(range(n)) - set(rows.tolist())
     reason = {i: "no tree leaf: no information to add" for i in no_leaf}
     last = result.gain[result.order[-1]] if result.order else np.nan
