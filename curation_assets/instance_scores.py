@@ -1,6 +1,8 @@
 """instance_scores: IFD-family scores per canonical row of a shard; comparative_scores: TACOS judge
 scores within tag clusters for the whole pool."""
 
+from pathlib import Path
+
 import dagster as dg
 import numpy as np
 import polars as pl
@@ -9,7 +11,7 @@ from pydantic import Field
 from curation_assets import ui
 from curation_assets.automation import global_refresh, shard_refresh
 from curation_assets.methods import comparative
-from curation_assets.methods.ifd import cherry_ifd, iterit_ifd, plain_ifd, samples_from_rows
+from curation_assets.methods.ifd import ITERIT_TEMPLATES, cherry_ifd, iterit_ifd, plain_ifd, samples_from_rows
 from curation_assets.methods.tshirt import noisy_scores
 from curation_assets.normalized_tags import all_shards, pool_rows, shard_frames
 from curation_assets.partitions import pool_shards
@@ -28,6 +30,7 @@ class InstanceScoresConfig(dg.Config):
     max_length: int = Field(1024, description="ifd and tshirt truncation length (Superfiltering, T-SHIRT: 1024).")
     cherry_max_length: int = Field(512, description="Cherry LLM truncation length (its scripts: 512).")
     iterit_max_length: int | None = Field(None, description="IterIT truncation; null = the model's max positions.")
+    iterit_chat_template: str = Field("model", description="IterIT chat template: model (the scorer's own), llama-3.1 (IterIT's train.py), or a Jinja file.")
     iterit_strip_output: bool = Field(True, description="Strip responses before the chat template (fixes the reference's |trim pitfall).")
     tshirt_copies: int = Field(30, description="Noisy neighbours per row (T-SHIRT uses 30).")
     tshirt_alpha: float = Field(5.0, description="Noise scale alpha (T-SHIRT: 5).")
@@ -73,7 +76,7 @@ def _columns(method: str, rows: pl.DataFrame, model, tokenizer, cfg: InstanceSco
         }, schema_overrides={"cherry_skip": pl.String})
     if method == "iterit":
         max_len = cfg.iterit_max_length or (0 if empty else int(getattr(model.config, "max_position_embeddings", 8192)))
-        r = [] if empty else iterit_ifd(model, tokenizer, samples, max_length=max_len, token_budget=budget, strip_output=cfg.iterit_strip_output)
+        r = [] if empty else iterit_ifd(model, tokenizer, samples, max_length=max_len, token_budget=budget, strip_output=cfg.iterit_strip_output, chat_template=iterit_template(cfg))
         return pl.DataFrame({
             "row_id": ids,
             "iterit_cl": [x.cl for x in r],
@@ -85,12 +88,24 @@ def _columns(method: str, rows: pl.DataFrame, model, tokenizer, cfg: InstanceSco
     raise ValueError(f"unknown score method {method!r}; known: {METHOD_NAMES}")
 
 
+def iterit_template(cfg: InstanceScoresConfig) -> str | None:
+    """The Jinja text of the IterIT template setting (None: the scorer's own)."""
+    if cfg.iterit_chat_template == "model":
+        return None
+    if cfg.iterit_chat_template in ITERIT_TEMPLATES:
+        return ITERIT_TEMPLATES[cfg.iterit_chat_template]
+    path = Path(cfg.iterit_chat_template)
+    if not path.is_file():
+        raise dg.Failure(f"iterit_chat_template {cfg.iterit_chat_template!r} is neither model, one of {sorted(ITERIT_TEMPLATES)}, nor a file")
+    return path.read_text()
+
+
 def method_version(method: str, scorer: CausalLMScorerResource, cfg: InstanceScoresConfig) -> str:
     params = {
         "ifd": [cfg.max_length],
         "tshirt": [cfg.max_length, cfg.tshirt_copies, cfg.tshirt_alpha, cfg.seed],
         "cherry": [cfg.cherry_max_length],
-        "iterit": [cfg.iterit_max_length, cfg.iterit_strip_output],
+        "iterit": [cfg.iterit_max_length, cfg.iterit_strip_output, iterit_template(cfg)],
     }[method]
     return version_hash(method, scorer.identity(), params)
 

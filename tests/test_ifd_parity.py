@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from curation_assets.methods.ifd import Sample, cherry_ifd, iterit_ifd, plain_ifd
+from curation_assets.methods.ifd import LLAMA31_TEMPLATE, Sample, cherry_ifd, iterit_ifd, plain_ifd
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REFERENCE = FIXTURES / "reference"
@@ -106,6 +106,23 @@ def test_iterit_strips_outputs_by_default():
     assert pitfall  # rows 26, 30 and 33 of the fixtures
     ours = iterit_ifd(lm, tokenizer, [Sample(data[i]["instruction"], data[i]["input"], data[i]["output"]) for i in pitfall], max_length=2048)
     assert all(np.isfinite(o.ifd) and o.answer_tokens > 1 for o in ours)
+
+
+def test_iterit_llama31_template_renders_iterits_format():
+    tokenizer, _ = model("tiny_llama")
+    chat = [{"role": "system", "content": "S "}, {"role": "user", "content": " hi"}, {"role": "assistant", "content": "ok"}]
+    assert tokenizer.apply_chat_template(chat, tokenize=False, chat_template=LLAMA31_TEMPLATE) == (
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n"
+        "Today Date: 26 Jul 2024\n\nS<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\nok<|eot_id|>"
+    )
+    # A base model without a template of its own is scored under it, as IterIT's train.py does.
+    tokenizer, lm = model("tiny_gpt2")
+    samples = [Sample(r["instruction"], r["input"], r["output"]) for r in rows("parity_rows")[:8]]
+    with pytest.raises(ValueError, match="chat template"):
+        iterit_ifd(lm, tokenizer, samples, max_length=1024)
+    scored = iterit_ifd(lm, tokenizer, samples, max_length=1024, chat_template=LLAMA31_TEMPLATE)
+    assert sum(np.isfinite(o.ifd) for o in scored) >= 6
 
 
 def test_batching_does_not_change_scores():

@@ -98,3 +98,16 @@ def test_changed_model_makes_scores_stale(tmp_path, resources, instance):
     assert "| ifd | 0 | 4 |" in score(gpt2, instance, key, {"methods": ["ifd"]})["cache"].value
     assert "| ifd | 0 | 4 |" in score(llama, instance, key, {"methods": ["ifd"]})["cache"].value
     assert "| ifd | 4 | 0 |" in score(gpt2, instance, key, {"methods": ["ifd"]})["cache"].value
+
+
+def test_iterit_template_setting(tmp_path):
+    from curation_assets.instance_scores import InstanceScoresConfig, iterit_template
+    from curation_assets.methods.ifd import LLAMA31_TEMPLATE
+
+    assert iterit_template(InstanceScoresConfig()) is None  # the scorer's own
+    assert iterit_template(InstanceScoresConfig(iterit_chat_template="llama-3.1")) == LLAMA31_TEMPLATE
+    custom = tmp_path / "chat.jinja"
+    custom.write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    assert iterit_template(InstanceScoresConfig(iterit_chat_template=str(custom))) == custom.read_text()
+    with pytest.raises(dg.Failure, match="neither"):
+        iterit_template(InstanceScoresConfig(iterit_chat_template="llama-9"))

@@ -42,6 +42,18 @@ ALPACA_PROMPT_NO_INPUT = (
     "### Instruction:\n{instruction}\n\n### Response:"
 )
 ITERIT_SYSTEM = "You are a helpful assistant."
+# IterIT's train.py sets the llama-3.1 format on its base model. This template renders that format
+# for plain conversations (no tools): a system block that always carries the fixed knowledge and
+# "today" dates, then each turn trimmed and closed by <|eot_id|>.
+LLAMA31_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- if messages[0]['role'] == 'system' %}{%- set system = messages[0]['content'] | trim %}{%- set messages = messages[1:] %}"
+    "{%- else %}{%- set system = '' %}{%- endif %}"
+    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\nCutting Knowledge Date: December 2023\\nToday Date: 26 Jul 2024\\n\\n' + system + '<|eot_id|>' }}"
+    "{%- for m in messages %}{{- '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + m['content'] | trim + '<|eot_id|>' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+)
+ITERIT_TEMPLATES = {"llama-3.1": LLAMA31_TEMPLATE}
 
 
 @dataclass
@@ -212,18 +224,21 @@ class IterITIFD:
 
 
 def iterit_ifd(
-    model, tokenizer, samples: list[Sample], *, max_length: int = 8192, token_budget: int | None = None, strip_output: bool = True
+    model, tokenizer, samples: list[Sample], *, max_length: int = 8192, token_budget: int | None = None, strip_output: bool = True,
+    chat_template: str | None = None,
 ) -> list[IterITIFD]:
-    """IterIT's IFD under the model's chat template (src/data_utils.py + src/iterative_trainer.py)."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError("the IterIT score needs a model with a chat template; this tokenizer has none")
+    """IterIT's IFD under a chat template (src/data_utils.py + src/iterative_trainer.py): the
+    model's own, or `chat_template` (Jinja text, e.g. LLAMA31_TEMPLATE as IterIT's train.py sets)."""
+    if not chat_template and not getattr(tokenizer, "chat_template", None):
+        raise ValueError("the IterIT score needs a chat template: this tokenizer has none (set iterit_chat_template, e.g. llama-3.1)")
+    render = lambda messages: tokenizer.apply_chat_template(messages, tokenize=False, chat_template=chat_template)  # noqa: E731
     whole, direct, outputs = [], [], []
     for s in samples:
         output = s.output.strip() if strip_output else s.output
         chat = [{"role": "system", "content": ITERIT_SYSTEM}, *(s.context or [])]
         chat.append({"role": "user", "content": s.instruction + ("\nInput: " + s.input if s.input else "")})
-        whole.append(tokenizer.apply_chat_template([*chat, {"role": "assistant", "content": output}], tokenize=False))
-        direct.append(tokenizer.apply_chat_template([{"role": "assistant", "content": output}], tokenize=False))
+        whole.append(render([*chat, {"role": "assistant", "content": output}]))
+        direct.append(render([{"role": "assistant", "content": output}]))
         outputs.append(output)
     tokens = Tokens(tokenizer)
     whole_ids = tokens.encode(whole, special=False)
