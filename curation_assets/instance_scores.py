@@ -29,6 +29,7 @@ class InstanceScoresConfig(dg.Config):
     methods: list[str] = Field(["ifd", "tshirt"], description="ifd (Superfiltering + T-SHIRT clean), tshirt (noisy neighbours), cherry, iterit.")
     max_length: int = Field(1024, description="ifd and tshirt truncation length (Superfiltering, T-SHIRT: 1024).")
     cherry_max_length: int = Field(512, description="Cherry LLM truncation length (its scripts: 512).")
+    cherry_prompt: str = Field("alpaca", description="Cherry LLM prompt: alpaca, wiz (WizardLM) or vicuna (its V2 scripts).")
     iterit_max_length: int | None = Field(None, description="IterIT truncation; null = the model's max positions.")
     iterit_chat_template: str = Field("model", description="IterIT chat template: model (the scorer's own), llama-3.1 (IterIT's train.py), or a Jinja file.")
     iterit_strip_output: bool = Field(True, description="Strip responses before the chat template (fixes the reference's |trim pitfall).")
@@ -66,7 +67,7 @@ def _columns(method: str, rows: pl.DataFrame, model, tokenizer, cfg: InstanceSco
             "tshirt_note": [x.error for x in r],
         }, schema_overrides={"noisy_ifd": pl.List(pl.Float64), "noisy_d": pl.List(pl.List(pl.Float32)), "tshirt_note": pl.String})
     if method == "cherry":
-        r = [] if empty else cherry_ifd(model, tokenizer, samples, max_length=cfg.cherry_max_length, token_budget=budget)
+        r = [] if empty else cherry_ifd(model, tokenizer, samples, max_length=cfg.cherry_max_length, token_budget=budget, prompt=cfg.cherry_prompt)
         return pl.DataFrame({
             "row_id": ids,
             "cherry_loss_cond": [x.loss_cond for x in r],
@@ -104,7 +105,7 @@ def method_version(method: str, scorer: CausalLMScorerResource, cfg: InstanceSco
     params = {
         "ifd": [cfg.max_length],
         "tshirt": [cfg.max_length, cfg.tshirt_copies, cfg.tshirt_alpha, cfg.seed],
-        "cherry": [cfg.cherry_max_length],
+        "cherry": [cfg.cherry_max_length, cfg.cherry_prompt],
         "iterit": [cfg.iterit_max_length, cfg.iterit_strip_output, iterit_template(cfg)],
     }[method]
     return version_hash(method, scorer.identity(), params)

@@ -82,6 +82,42 @@ def test_cherry_loss_ratio_and_skips(dataset):
             assert same(o.ifd_loss, r["mean_rate"]) and same(o.loss_direct, r["mean_1"]) and same(o.loss_cond, r["mean_2"])
 
 
+def one_row_cherry(tokenizer, lm, prompt, direct_prefix, extra, output, max_length):
+    """data_analysis_vic.py + data_by_IFD_vic.py for one row, written out: per-token losses of each
+    text from a plain forward pass, sliced at the tokenized prefix."""
+    import torch
+
+    def span_losses(text, limit):
+        ids = tokenizer.encode(text, truncation=True, max_length=limit)
+        with torch.no_grad():
+            logits = lm(torch.tensor([ids])).logits[0]
+        losses = torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(ids[1:]), reduction="none").numpy()
+        start = len(tokenizer.encode(text[: text.rfind(output)]))
+        return losses[start - 1 : len(ids) - 1]
+
+    p = len(tokenizer.encode(prompt, truncation=True, max_length=max_length))
+    direct = span_losses(direct_prefix + output, max_length - p + extra)
+    cond = span_losses(prompt + output, max_length)
+    return float(cond.mean() / direct.mean())
+
+
+@pytest.mark.parametrize("mode", ["wiz", "vicuna"])
+def test_cherry_prompt_modes(mode):
+    from curation_assets.methods.ifd import CHERRY_PROMPTS
+
+    tokenizer, lm = model("tiny_llama")
+    data = [r for r in rows("parity_rows") if r["output"].strip()][:12]
+    ours = cherry_ifd(lm, tokenizer, [Sample(r["instruction"], r["input"], r["output"]) for r in data], max_length=512, prompt=mode)
+    with_input, no_input, prefix, extra = CHERRY_PROMPTS[mode]
+    checked = 0
+    for o, r in zip(ours, data):
+        if o.skip in (None, "mean_rate_gt_1"):
+            prompt = (with_input if r["input"] else no_input).format(instruction=r["instruction"], input=r["input"])
+            assert same(o.ifd_loss, one_row_cherry(tokenizer, lm, prompt, prefix, extra, r["output"], 512)), r
+            checked += 1
+    assert checked >= 8
+
+
 def test_iterit_chat_template_ifd(dataset):
     """IFD matches. The reference's cl and pl run ~1e-3 higher: it adds a [PAD] token to the vocabulary
     (mean-initialized), which enlarges every softmax by one logit in both passes; their ratio, the

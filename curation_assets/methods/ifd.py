@@ -41,6 +41,17 @@ ALPACA_PROMPT_NO_INPUT = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n{instruction}\n\n### Response:"
 )
+# Cherry LLM's prompt modes (cherry_seletion/*_vic.py, the V2 scripts): (prompt with input, prompt
+# without, direct-answer prefix, tokens the direct budget adds back for that prefix).
+VICUNA_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+CHERRY_PROMPTS = {
+    "alpaca": (ALPACA_PROMPT_INPUT, ALPACA_PROMPT_NO_INPUT, "### Response:", 4),
+    "wiz": ("{instruction}\n{input}\n\n### Response:", "{instruction}\n\n### Response:", "### Response:", 4),
+    "vicuna": (VICUNA_SYSTEM + " USER: {instruction}\nInput:\n{input} ASSISTANT:", VICUNA_SYSTEM + " USER: {instruction} ASSISTANT:", "ASSISTANT:", 6),
+}
 ITERIT_SYSTEM = "You are a helpful assistant."
 # IterIT's train.py sets the llama-3.1 format on its base model. This template renders that format
 # for plain conversations (no tools): a system block that always carries the fixed knowledge and
@@ -171,16 +182,21 @@ class CherryIFD:
     skip: str | None  # why Cherry's selection drops the row, or None
 
 
-def cherry_ifd(model, tokenizer, samples: list[Sample], *, max_length: int = 512, token_budget: int | None = None) -> list[CherryIFD]:
-    """Cherry LLM's loss-ratio IFD (cherry_seletion/data_analysis.py --mod cherry + data_by_IFD.py)."""
+def cherry_ifd(
+    model, tokenizer, samples: list[Sample], *, max_length: int = 512, token_budget: int | None = None, prompt: str = "alpaca"
+) -> list[CherryIFD]:
+    """Cherry LLM's loss-ratio IFD (cherry_seletion/data_analysis*.py --mod cherry + data_by_IFD*.py),
+    with its prompt modes alpaca, wiz (WizardLM) and vicuna (V2)."""
+    if prompt not in CHERRY_PROMPTS:
+        raise ValueError(f"cherry prompt must be one of {sorted(CHERRY_PROMPTS)}, not {prompt!r}")
+    with_input, no_input, direct_prefix, prefix_tokens = CHERRY_PROMPTS[prompt]
     tokens = Tokens(tokenizer)
     prompts = []
     for s in samples:
         instruction = s.instruction if not s.context else "\n".join(t["content"] for t in s.context) + "\n" + s.instruction
-        template = ALPACA_PROMPT_INPUT if s.input else ALPACA_PROMPT_NO_INPUT
-        prompts.append(template.format(instruction=instruction, input=s.input))
+        prompts.append((with_input if s.input else no_input).format(instruction=instruction, input=s.input))
     whole = [p + s.output for p, s in zip(prompts, samples)]
-    direct_texts = ["### Response:" + s.output for s in samples]
+    direct_texts = [direct_prefix + s.output for s in samples]
     prompt_ids = tokens.encode(prompts)
     whole_ids, direct_ids = tokens.encode(whole), tokens.encode(direct_texts)
     cond_starts = [len(x) for x in tokens.encode([w[: w.rfind(s.output)] for w, s in zip(whole, samples)])]
@@ -192,7 +208,7 @@ def cherry_ifd(model, tokenizer, samples: list[Sample], *, max_length: int = 512
             layout.append(("prompt_len_ge_max_length", p))
             continue
         cond = tokens.truncate(whole_ids[i], max_length)
-        direct = tokens.truncate(direct_ids[i], max_length - p + 4)
+        direct = tokens.truncate(direct_ids[i], max_length - p + prefix_tokens)
         layout.append((len(requests), p))
         requests.append(LossRequest(cond, cond_starts[i], len(cond)))
         requests.append(LossRequest(direct, direct_starts[i], len(direct)))
