@@ -127,9 +127,9 @@ def main() -> None:
     n_ref, b_ref = min(n, 100_000), min(n, 100_000) // 20
     a_ref = a[:n_ref]
     ours = timed(f"TAGS lazy greedy, {n_ref:,} rows -> {b_ref:,}", lambda: lazy_greedy(a_ref, b_ref, tree.weights()))
-    ref = timed(f"  reference: plain greedy, same input", lambda: plain_greedy(a_ref, b_ref, tree.weights()))
+    ref = timed("  reference: plain greedy, same input", lambda: plain_greedy(a_ref, b_ref, tree.weights()))
     print(f"{'':<46}ratio {results[-1][1] / results[-2][1]:.1f}x, same picks: {ref == ours.order}")
-    timed(f"  MIG's first-order gain (mig_linear)", lambda: linear_greedy(a_ref, b_ref, tree.weights()))
+    timed("  MIG's first-order gain (mig_linear)", lambda: linear_greedy(a_ref, b_ref, tree.weights()))
 
     ifd = rng.uniform(0.5, 1.2, n)
     timed(f"Superfiltering, {n:,} rows", lambda: rules.superfiltering(ifd, budget))

@@ -114,9 +114,11 @@ def target_leaf_mass(cfg: SelectionConfig, nodes: pl.DataFrame, vocabulary: pl.D
         if unknown:
             ids, _ = ground_vectors(embed([t.lower() for t in unknown]), nodes, cfg.tau)
             grounded = {t: int(i) for t, i in zip(unknown, ids.tolist()) if i >= 0}
-        for r in results:
-            tags = [x["tag"] for x in r.value or []]
-            target_sets.append({leaf_of_label[leaf_label[t]] if leaf_label[t] in leaf_of_label else grounded[t] for t in tags if leaf_label[t] in leaf_of_label or t in grounded})
+
+        def node_of(tag: str) -> int | None:
+            return leaf_of_label[leaf_label[tag]] if leaf_label[tag] in leaf_of_label else grounded.get(tag)
+
+        target_sets += [{node_of(x["tag"]) for x in r.value or []} - {None} for r in results]
         log(f"target: {len(prompts)} prompts, {len(unknown)} tags outside the tree grounded by similarity")
     mass: dict[int, float] = {}
     for grounded_nodes in target_sets:
