@@ -9,7 +9,7 @@ from curation_assets import instance_scores, knowledge_tree, normalized_tags, op
 from curation_assets.automation import automation_sensor
 from curation_assets import raw_pool as raw_pool_module
 from resources.models import EmbedderResource
-from resources.scorer import CausalLMScorerResource
+from resources.scorer import CausalLMScorerResource, DeitaScorersResource
 from resources.storage import CurationStorage
 from resources.tagger import TaggerResource
 
@@ -37,6 +37,7 @@ RESOURCE_TYPES = {
     "tagger": TaggerResource,
     "tree_namer": knowledge_tree.TreeNamerResource,
     "scorer": CausalLMScorerResource,
+    "deita_scorers": DeitaScorersResource,
     "judge": instance_scores.JudgeResource,
 }
 ASSETS = [

@@ -62,11 +62,12 @@ class RunConfig:
             raise ValueError(f"{path}: unknown sections {sorted(unknown)}; expected home, resources, assets")
         # Model folders and target files may be given relative to the config file.
         here = Path(path).resolve().parent
-        for section, key in (("resources", "model"), ("assets", "target_file")):
+        for section, keys in (("resources", ("model", "complexity_model", "quality_model")), ("assets", ("target_file",))):
             for settings in (data.get(section) or {}).values():
-                value = (settings or {}).get(key)
-                if isinstance(value, str) and not Path(value).is_absolute() and (here / value).exists():
-                    settings[key] = str(here / value)
+                for key in keys:
+                    value = (settings or {}).get(key)
+                    if isinstance(value, str) and not Path(value).is_absolute() and (here / value).exists():
+                        settings[key] = str(here / value)
         return cls(**data)
 
     def run_config(self, ops: Iterable[str]) -> dict:

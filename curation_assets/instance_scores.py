@@ -10,23 +10,24 @@ from pydantic import Field
 
 from curation_assets import ui
 from curation_assets.automation import global_refresh, shard_refresh
-from curation_assets.methods import comparative
+from curation_assets.methods import comparative, deita
 from curation_assets.methods.ifd import ITERIT_TEMPLATES, cherry_ifd, iterit_ifd, plain_ifd, samples_from_rows
+from curation_assets.methods.selection import deita_score
 from curation_assets.methods.tshirt import noisy_scores
 from curation_assets.normalized_tags import all_shards, pool_rows, shard_frames
 from curation_assets.partitions import pool_shards
 from curation_assets.rowwise import compute_missing
 from resources.llm import ChatModelResource, version_hash
-from resources.scorer import CausalLMScorerResource
+from resources.scorer import CausalLMScorerResource, DeitaScorersResource
 from resources.storage import CurationStorage
 
-METHOD_NAMES = ("ifd", "tshirt", "cherry", "iterit")
+METHOD_NAMES = ("ifd", "tshirt", "cherry", "iterit", "deita")
 
 
 class InstanceScoresConfig(dg.Config):
     """Which scores to compute and their reference settings (research/tshirt-iterit.md)."""
 
-    methods: list[str] = Field(["ifd", "tshirt"], description="ifd (Superfiltering + T-SHIRT clean), tshirt (noisy neighbours), cherry, iterit.")
+    methods: list[str] = Field(["ifd", "tshirt"], description="ifd (Superfiltering + T-SHIRT clean), tshirt (noisy neighbours), cherry, iterit, deita (DEITA's scorers).")
     max_length: int = Field(1024, description="ifd and tshirt truncation length (Superfiltering, T-SHIRT: 1024).")
     cherry_max_length: int = Field(512, description="Cherry LLM truncation length (its scripts: 512).")
     cherry_prompt: str = Field("alpaca", description="Cherry LLM prompt: alpaca, wiz (WizardLM) or vicuna (its V2 scripts).")
@@ -89,6 +90,32 @@ def _columns(method: str, rows: pl.DataFrame, model, tokenizer, cfg: InstanceSco
     raise ValueError(f"unknown score method {method!r}; known: {METHOD_NAMES}")
 
 
+def _deita_columns(rows: pl.DataFrame, scorers: DeitaScorersResource) -> pl.DataFrame:
+    """Per row: DEITA complexity and quality of each user turn, and the sum of their products."""
+    pairs = [deita.turn_pairs(m) for m in rows["messages"].to_list()]
+    flat = [p for row in pairs for p in row]
+    prompts = {
+        "complexity": [deita.COMPLEXITY_TEMPLATE.format(instruction=i) for i, _ in flat],
+        "quality": [deita.QUALITY_TEMPLATE.format(instruction=i, output=o) for i, o in flat],
+    }
+    scored = {kind: np.zeros(0) for kind in prompts}
+    for kind, texts in prompts.items():
+        if texts:  # an empty chunk only gives the columns: no model is loaded
+            resource = scorers.scorer(kind)
+            tokenizer, model = resource.load()
+            window = int(getattr(model.config, "max_position_embeddings", 1 << 30))
+            scored[kind] = deita.expected_scores(model, tokenizer, texts, max_length=window, token_budget=resource.token_budget)
+    bounds = np.cumsum([0] + [len(p) for p in pairs])
+    complexity = [scored["complexity"][a:b].tolist() for a, b in zip(bounds[:-1], bounds[1:])]
+    quality = [scored["quality"][a:b].tolist() for a, b in zip(bounds[:-1], bounds[1:])]
+    return pl.DataFrame({
+        "row_id": rows["row_id"],
+        "deita_complexity": complexity,
+        "deita_quality": quality,
+        "deita_score": deita_score([complexity, quality]),
+    }, schema_overrides={"deita_complexity": pl.List(pl.Float64), "deita_quality": pl.List(pl.Float64), "deita_score": pl.Float64})
+
+
 def iterit_template(cfg: InstanceScoresConfig) -> str | None:
     """The Jinja text of the IterIT template setting (None: the scorer's own)."""
     if cfg.iterit_chat_template == "model":
@@ -101,7 +128,9 @@ def iterit_template(cfg: InstanceScoresConfig) -> str | None:
     return path.read_text()
 
 
-def method_version(method: str, scorer: CausalLMScorerResource, cfg: InstanceScoresConfig) -> str:
+def method_version(method: str, scorer: CausalLMScorerResource, cfg: InstanceScoresConfig, deita_scorers: DeitaScorersResource | None = None) -> str:
+    if method == "deita":
+        return version_hash(method, deita_scorers.identity(), deita.COMPLEXITY_TEMPLATE, deita.QUALITY_TEMPLATE)
     params = {
         "ifd": [cfg.max_length],
         "tshirt": [cfg.max_length, cfg.tshirt_copies, cfg.tshirt_alpha, cfg.seed],
@@ -111,16 +140,22 @@ def method_version(method: str, scorer: CausalLMScorerResource, cfg: InstanceSco
     return version_hash(method, scorer.identity(), params)
 
 
-HISTOGRAMS = {"ifd_ppl": "Superfiltering IFD (PPL ratio)", "avg_noisy_ifd": "T-SHIRT mean noisy IFD", "ifd_loss": "Cherry IFD (loss ratio)", "iterit_ifd": "IterIT IFD (chat template)"}
+HISTOGRAMS = {
+    "ifd_ppl": "Superfiltering IFD (PPL ratio)", "avg_noisy_ifd": "T-SHIRT mean noisy IFD", "ifd_loss": "Cherry IFD (loss ratio)",
+    "iterit_ifd": "IterIT IFD (chat template)", "deita_score": "DEITA score (sum of complexity x quality)",
+}
 
 
-def _metadata(scores: pl.DataFrame, rows: pl.DataFrame, stats: dict, scorer: CausalLMScorerResource, cfg: InstanceScoresConfig) -> dict:
+def _metadata(scores: pl.DataFrame, rows: pl.DataFrame, stats: dict, scorer: CausalLMScorerResource, deita_scorers: DeitaScorersResource, cfg: InstanceScoresConfig) -> dict:
     meta = {
         "dagster/row_count": scores.height,
-        "scorer": dg.MetadataValue.json({**scorer.identity(), "device": scorer.device, "token_budget": scorer.token_budget}),
         "config": dg.MetadataValue.json(cfg.model_dump()),
         "cache": ui.md(pl.DataFrame([{"method": m, **s} for m, s in stats.items()])),
     }
+    if set(cfg.methods) - {"deita"}:
+        meta["scorer"] = dg.MetadataValue.json({**scorer.identity(), "device": scorer.device, "token_budget": scorer.token_budget})
+    if "deita" in cfg.methods:
+        meta["deita_scorers"] = dg.MetadataValue.json(deita_scorers.identity())
     for column, title in HISTOGRAMS.items():
         if column in scores.columns:
             values = scores[column].drop_nans().drop_nulls()
@@ -144,10 +179,15 @@ def _metadata(scores: pl.DataFrame, rows: pl.DataFrame, stats: dict, scorer: Cau
     kinds={"parquet", "polars", "pytorch"},
     pool="gpu",
     automation_condition=shard_refresh(),
-    description="IFD-family scores per canonical row (Superfiltering, T-SHIRT, Cherry, IterIT), cached per model and method version.",
+    description="Per canonical row: IFD-family scores (Superfiltering, T-SHIRT, Cherry, IterIT) and DEITA's complexity and quality, cached per model and method version.",
 )
 def instance_scores(
-    context: dg.AssetExecutionContext, config: InstanceScoresConfig, raw_pool: pl.LazyFrame, scorer: CausalLMScorerResource, storage: CurationStorage
+    context: dg.AssetExecutionContext,
+    config: InstanceScoresConfig,
+    raw_pool: pl.LazyFrame,
+    scorer: CausalLMScorerResource,
+    deita_scorers: DeitaScorersResource,
+    storage: CurationStorage,
 ) -> dg.MaterializeResult:
     unknown = set(config.methods) - set(METHOD_NAMES)
     if unknown:
@@ -164,16 +204,18 @@ def instance_scores(
     stats = {}
     for method in config.methods:
         def compute(chunk: pl.DataFrame, method=method) -> pl.DataFrame:
+            if method == "deita":
+                return _deita_columns(chunk, deita_scorers)
             model, tokenizer = model_and_tokenizer() if chunk.height else (None, None)
             return _columns(method, chunk, model, tokenizer, config, scorer.token_budget)
 
         result, s = compute_missing(
-            rows, storage.row_cache(f"instance_scores/{method}", method_version(method, scorer, config)), compute,
+            rows, storage.row_cache(f"instance_scores/{method}", method_version(method, scorer, config, deita_scorers)), compute,
             chunk_rows=config.chunk_rows, log=lambda m, method=method: context.log.info(f"{method}: {m}"),
         )
         stats[method] = {"reused": s.reused, "computed": s.computed}
         scores = scores.join(result, on="row_id", how="left", maintain_order="left")
-    return dg.MaterializeResult(value=scores, metadata=_metadata(scores, rows, stats, scorer, config))
+    return dg.MaterializeResult(value=scores, metadata=_metadata(scores, rows, stats, scorer, deita_scorers, config))
 
 
 # --------------------------------------------------------------------------- TACOS comparative scores

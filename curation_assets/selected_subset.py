@@ -23,7 +23,7 @@ from resources.scorer import CausalLMScorerResource
 from resources.storage import CurationStorage
 from resources.tagger import TaggerResource
 
-SCORE_COLUMNS = ["ifd_ppl", "tshirt_ifd", "avg_noisy_ifd", "ifd_loss", "iterit_ifd", "comparative_score", "avg_noisy_sifd", "std_noisy_sifd"]
+SCORE_COLUMNS = ["ifd_ppl", "tshirt_ifd", "avg_noisy_ifd", "ifd_loss", "iterit_ifd", "deita_score", "comparative_score", "avg_noisy_sifd", "std_noisy_sifd"]
 
 
 class SelectionConfig(dg.Config):
@@ -54,7 +54,7 @@ class SelectionConfig(dg.Config):
     tshirt_ratio: float = Field(0.5, description="tshirt: share of tokens kept by the global threshold (k).")
     tshirt_pool_factor: int = Field(2, description="tshirt: the quality stage keeps this x budget rows.")
     # DEITA
-    deita_keys: list[str] = Field(["comparative_score"], description="deita: scores multiplied into the sort key.")
+    deita_keys: list[str] = Field(["deita_score"], description="deita: scores multiplied into the sort key (DEITA: deita_score, complexity x quality).")
     deita_threshold: float = Field(0.9, description="deita: reject a row whose cosine to a kept row is above this.")
     deita_batch_size: int = Field(1, description="deita: the reference's batch semantics when > 1.")
     # IterIT, Superfiltering, top-k

@@ -12,7 +12,7 @@ from pydantic import Field
 from resources.models import ModelNotAvailableError, pick_device, resolve_model_path
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=4)  # the scorer and DEITA's two
 def _load(name: str, device: str, dtype: str, attn: str):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -73,3 +73,21 @@ class CausalLMScorerResource(dg.ConfigurableResource):
 
     def identity(self) -> dict:
         return {"model": self.model, "weights": model_fingerprint(self.model), "dtype": self.dtype}
+
+
+class DeitaScorersResource(dg.ConfigurableResource):
+    """DEITA's complexity and quality scorers (causal LMs fine-tuned to answer 1-6), used by the
+    `deita` method of instance_scores. Any folder or Hugging Face id; loaded only when used."""
+
+    complexity_model: str = Field("hkust-nlp/deita-complexity-scorer", description="Complexity scorer: Hugging Face id or local folder.")
+    quality_model: str = Field("hkust-nlp/deita-quality-scorer", description="Quality scorer: Hugging Face id or local folder.")
+    device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, cuda:1 ...")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    token_budget: int | None = Field(None, description="Padded tokens per forward pass; default 32,768 on a GPU, 2,048 on a CPU.")
+
+    def scorer(self, kind: Literal["complexity", "quality"]) -> CausalLMScorerResource:
+        model = self.complexity_model if kind == "complexity" else self.quality_model
+        return CausalLMScorerResource(model=model, device=self.device, dtype=self.dtype, token_budget=self.token_budget)
+
+    def identity(self) -> dict:
+        return {kind: self.scorer(kind).identity() for kind in ("complexity", "quality")}

@@ -59,7 +59,7 @@ def test_demo_selection_is_explained_row_by_row(graph):
     assert reasons.filter(~pl.col("selected"))["reason"].str.starts_with("budget reached").all()
     assert chosen["nearest_similarity"][0] is None and chosen["nearest_similarity"][1:].null_count() == 0
     scores = reasons.explode("scores").unnest("scores").drop_nulls("name")
-    assert set(scores["name"]) >= {"ifd_ppl", "avg_noisy_ifd", "ifd_loss", "iterit_ifd"}
+    assert set(scores["name"]) >= {"ifd_ppl", "avg_noisy_ifd", "ifd_loss", "iterit_ifd", "deita_score"}
     assert scores["percentile"].is_between(0, 100).all()
     assert reasons["tree_path"].null_count() == 0
 
@@ -86,7 +86,7 @@ def test_checks_pass_and_metadata_shows_coverage(graph):
         {"strategy": "top_k", "budget": 10, "score": "avg_noisy_ifd", "score_below": 1.0},
         {"strategy": "random", "budget": 10, "seed": 3},
         {"strategy": "instag", "budget": 10},
-        {"strategy": "deita", "budget": 10, "deita_keys": ["ifd_ppl"], "deita_threshold": 0.5},
+        {"strategy": "deita", "budget": 10, "deita_threshold": 0.5},  # DEITA's own key: deita_score
         {"strategy": "tags", "budget": 10, "complexity_factor": True, "quality_score": "ifd_ppl", "target_file": None, "target_leaves": []},
     ],
     ids=lambda s: s["strategy"],

@@ -59,14 +59,7 @@ def _lm_head_and_norm(model):
 
 def _forward_batch(model, requests: list[LossRequest]) -> list[np.ndarray]:
     device = next(model.parameters()).device
-    lengths = [len(r.ids) for r in requests]
-    width = max(lengths)
-    ids = torch.zeros((len(requests), width), dtype=torch.long)
-    mask = torch.zeros((len(requests), width), dtype=torch.long)
-    for b, r in enumerate(requests):
-        ids[b, : len(r.ids)] = torch.as_tensor(r.ids, dtype=torch.long)
-        mask[b, : len(r.ids)] = 1
-    ids, mask = ids.to(device), mask.to(device)
+    ids, mask = _padded([r.ids for r in requests], device)
     rows, cols = [], []
     for b, r in enumerate(requests):
         lo, hi = max(r.start, 1), min(r.end, len(r.ids))
@@ -102,25 +95,62 @@ def _forward_batch(model, requests: list[LossRequest]) -> list[np.ndarray]:
     return np.split(losses, np.cumsum(counts)[:-1])
 
 
-def token_losses(model, requests: Sequence[LossRequest], *, token_budget: int | None = None, max_rows: int = 512) -> list[np.ndarray]:
-    """Float32 per-token losses of every request's span, in request order. The token budget
-    defaults to the device's (TOKEN_BUDGET)."""
+def _in_batches(model, lengths: Sequence[int], run: Callable[[list[int]], list], token_budget: int | None, max_rows: int) -> list:
+    """run(batch indices) over length-sorted batches, results back in input order; a batch that
+    runs out of GPU memory is split in two and retried."""
     token_budget = token_budget or default_token_budget(model)
-    out: list[np.ndarray | None] = [None] * len(requests)
-    pending = batches_by_budget([len(r.ids) for r in requests], token_budget, max_rows)
+    out: list = [None] * len(lengths)
+    pending = batches_by_budget(lengths, token_budget, max_rows)
     with torch.inference_mode():
         while pending:
             batch = pending.pop(0)
             try:
-                for i, losses in zip(batch, _forward_batch(model, [requests[i] for i in batch])):
-                    out[i] = losses
+                for i, result in zip(batch, run(batch)):
+                    out[i] = result
             except torch.OutOfMemoryError:
                 if len(batch) == 1:
                     raise
                 torch.cuda.empty_cache()
                 half = len(batch) // 2
                 pending[:0] = [batch[:half], batch[half:]]
-    return out  # type: ignore[return-value]
+    return out
+
+
+def token_losses(model, requests: Sequence[LossRequest], *, token_budget: int | None = None, max_rows: int = 512) -> list[np.ndarray]:
+    """Float32 per-token losses of every request's span, in request order. The token budget
+    defaults to the device's (TOKEN_BUDGET)."""
+    run = lambda batch: _forward_batch(model, [requests[i] for i in batch])  # noqa: E731
+    return _in_batches(model, [len(r.ids) for r in requests], run, token_budget, max_rows)
+
+
+def next_token_logits(model, sequences: Sequence[Sequence[int]], token_ids: Sequence[int], *, token_budget: int | None = None, max_rows: int = 512) -> np.ndarray:
+    """Float32 logits of `token_ids` for the token that would follow each sequence."""
+    device = next(model.parameters()).device
+    head, softcap = _lm_head_and_norm(model)
+    wanted = torch.as_tensor(list(token_ids), dtype=torch.long, device=device)
+
+    def run(batch: list[int]) -> list[np.ndarray]:
+        ids, mask = _padded([sequences[i] for i in batch], device)
+        hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        last = hidden[torch.arange(len(batch), device=device), mask.sum(dim=1) - 1]
+        logits = head(last).float()
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        return list(logits[:, wanted].cpu().numpy())
+
+    rows = _in_batches(model, [len(s) for s in sequences], run, token_budget, max_rows)
+    return np.stack(rows) if rows else np.zeros((0, len(token_ids)), dtype=np.float32)
+
+
+def _padded(sequences: Sequence[Sequence[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and attention mask."""
+    width = max(len(s) for s in sequences)
+    ids = torch.zeros((len(sequences), width), dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for b, s in enumerate(sequences):
+        ids[b, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+        mask[b, : len(s)] = 1
+    return ids.to(device), mask.to(device)
 
 
 def mean_or_nan(values: np.ndarray) -> float:
