@@ -28,6 +28,7 @@ from resources.llm import ParseError
         ("**Response 1**: 60/100\n**Response 2**: 40/100", (60, 40)),
         ("Response 1 has 3 flaws ... final:\nResponse 1: 55\nResponse 2: 66", (55, 66)),
         ("response 1 score = 10\nresponse 2 score = 0", (10, 0)),
+        ("[Response 1]: 80\n[Response 2]: 60\nNote: Response 2 = 3 points lower.", (80, 60)),  # prose cannot override the lines
     ],
 )
 def test_judge_answers_in_the_usual_formats(answer, scores):

@@ -11,8 +11,8 @@ leftover's score is kept (research PROPOSAL). Options: `rounds` > 1 random re-pa
 in both orders and averaged (position bias and partner luck), and Bradley-Terry strengths fitted on
 the implied wins.
 
-The answer parser reads the prompt's own "[Response k]: score" lines and the common variants
-(the last score after "Response k" counts); an answer without both scores, or with one outside
+The answer parser reads the prompt's own "[Response k]: score" lines, or failing those the common
+variants (the last score after "Response k" counts); an answer without both scores, or with one outside
 0-100, is re-asked and at last recorded as unscored, never as 0 (the reference's regex did not match
 its own prompt's format and turned every miss into a 0).
 """
@@ -46,6 +46,7 @@ PAIR_PROMPT = (
     "[Instruction 1]\n{instruction_1}\n[Response 1]\n{response_1}\n\n"
     "[Instruction 2]\n{instruction_2}\n[Response 2]\n{response_2}"
 )
+_SCORE_LINE = re.compile(r"^[\s*#>-]*\[Response ([12])\][\s:=*\[]*(?:score[\s:=*\[]*)?(-?\d+(?:\.\d+)?)", re.IGNORECASE | re.MULTILINE)
 _SCORE = re.compile(r"Response\s*([12])\s*\**\s*\]?\s*\**\s*(?:score|rating)?\s*\**\s*[:：=\-]?\s*\**\s*\[?\s*(-?\d+(?:\.\d+)?)", re.IGNORECASE)
 
 
@@ -58,9 +59,15 @@ def pair_messages(first: tuple[str, str], second: tuple[str, str]) -> Messages:
 
 
 def parse_pair_scores(text: str) -> tuple[float, float]:
+    """The two scores: the prompt's own "[Response k]: score" lines when both are there (prose after
+    them cannot override), else the last score written after each "Response k"."""
     found: dict[str, float] = {}
-    for match in _SCORE.finditer(text or ""):
-        found[match.group(1)] = float(match.group(2))
+    for pattern in (_SCORE_LINE, _SCORE):
+        found = {}
+        for match in pattern.finditer(text or ""):
+            found[match.group(1)] = float(match.group(2))
+        if set(found) == {"1", "2"}:
+            break
     if set(found) != {"1", "2"}:
         raise ParseError("no '[Response 1]: score' and '[Response 2]: score' lines")
     scores = (found["1"], found["2"])
