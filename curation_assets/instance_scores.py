@@ -221,6 +221,14 @@ def instance_scores(
 # --------------------------------------------------------------------------- TACOS comparative scores
 
 
+# One row per kept judgement; partner_score is the partner's score in the same call, kept for
+# Bradley-Terry even where the partner's own row is not (an odd cluster's leftover).
+COMPARISON_SCHEMA = {
+    "row_id": pl.String, "cluster": pl.Int32, "round": pl.Int32, "position": pl.Int8, "partner": pl.String,
+    "score": pl.Float64, "partner_score": pl.Float64, "error": pl.String,
+}
+
+
 class JudgeResource(ChatModelResource):
     """The pairwise judge (TACOS: gpt-4o at temperature 0). Off until enabled: it needs an LLM."""
 
@@ -262,7 +270,7 @@ def comparative_scores(
 ) -> dg.MaterializeResult:
     if not judge.enabled:
         context.log.warning("the judge is disabled (resources.judge.enabled): no comparative scores")
-        empty = pl.DataFrame(schema={"row_id": pl.String, "cluster": pl.Int32, "round": pl.Int32, "position": pl.Int8, "partner": pl.String, "score": pl.Float64, "error": pl.String})
+        empty = pl.DataFrame(schema=COMPARISON_SCHEMA)
         return dg.MaterializeResult(value=empty, metadata={"dagster/row_count": 0, "judge": "disabled"})
     # TACOS lists each cluster's members, and the clusters, in the order label sets first appear.
     reps = normalized_tags.filter(pl.col("labelset_representative")).sort("labelset_first_seen", maintain_order=True).select("row_id", "clusters")
@@ -287,10 +295,10 @@ def comparative_scores(
     for p in plan:
         s1, s2, error = by_pair[f"{p.first}|{p.second}"]
         if p.keep[0]:
-            out.append((p.first, p.cluster, p.round, 1, p.second, s1, error))
+            out.append((p.first, p.cluster, p.round, 1, p.second, s1, s2, error))
         if p.keep[1]:
-            out.append((p.second, p.cluster, p.round, 2, p.first, s2, error))
-    table = pl.DataFrame(out, schema={"row_id": pl.String, "cluster": pl.Int32, "round": pl.Int32, "position": pl.Int8, "partner": pl.String, "score": pl.Float64, "error": pl.String}, orient="row")
+            out.append((p.second, p.cluster, p.round, 2, p.first, s2, s1, error))
+    table = pl.DataFrame(out, schema=COMPARISON_SCHEMA, orient="row")
     unpaired = sum(len(m) == 1 for m in members.values())
     scored = table.drop_nulls("score")
     return dg.MaterializeResult(

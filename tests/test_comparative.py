@@ -72,6 +72,20 @@ def test_bradley_terry_orders_by_wins_and_solves_its_likelihood_equations():
     assert bradley_terry([], [], []) == {}
 
 
+def test_bradley_terry_counts_each_call_once_and_odd_leftovers_too():
+    from curation_assets.methods.strategies import bradley_terry_strengths
+
+    # Cluster 0: a beat b (both rows kept); c is the odd leftover, judged beside a and kept alone.
+    judged = pl.DataFrame(
+        {"row_id": ["a", "b", "c"], "cluster": [0, 0, 0], "round": [0, 0, 0], "position": [1, 2, 1],
+         "partner": ["b", "a", "a"], "score": [80.0, 60.0, 90.0], "partner_score": [60.0, 80.0, 70.0], "error": [None, None, None]},
+        schema_overrides={"position": pl.Int8, "cluster": pl.Int32, "round": pl.Int32},
+    )
+    assert bradley_terry_strengths(judged) == pytest.approx(bradley_terry(["a", "c"], ["b", "a"], [1.0, 1.0]))
+    strength = bradley_terry_strengths(judged)
+    assert strength["c"] > strength["a"] > strength["b"]
+
+
 def test_asset_scores_pairs_within_clusters_with_a_local_judge(tmp_path, resources, instance):
     rows = [{"instruction": f"Write a Python function number {i} that sorts a list.", "output": "x" * (10 + i)} for i in range(5)]
     rows += [{"instruction": f"Explain photosynthesis in plants, part {i}.", "output": "y" * (5 + i)} for i in range(4)]
@@ -104,7 +118,7 @@ def test_asset_scores_pairs_within_clusters_with_a_local_judge(tmp_path, resourc
         # The same pairs are not judged twice.
         again = dg.materialize(assets, resources=judged, instance=instance, selection=[comparative_scores.key])
         assert again.success and stub.calls == calls
-    assert table.height > 0 and table["score"].null_count() == 0
+    assert table.height > 0 and table["score"].null_count() == 0 and table["partner_score"].null_count() == 0
     # The AlpaGasus system message, and Alpaca's input right after the instruction (api_score_pairs.py).
     assert {m[0]["content"] for m in seen} == {"You are a helpful and precise assistant for checking the quality of the answer."}
     assert any(re.search(r"that sorts a list\.\[1, 3, 2\]\n", m[-1]["content"]) for m in seen)

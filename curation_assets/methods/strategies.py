@@ -158,15 +158,21 @@ def pick_tacos(c: Candidates, budget: int, cfg) -> Picked:
 
 
 def bradley_terry_strengths(judged: pl.DataFrame) -> dict[str, float]:
-    """Log-strengths from the wins each judgement implies (both items of a pair scored)."""
+    """Log-strengths from the win or tie each judge call implies (score beside partner_score),
+    each call counted once, odd leftovers' calls included."""
     from curation_assets.methods.comparative import bradley_terry
 
-    first = judged.filter(pl.col("position") == 1).select("row_id", "cluster", "round", "partner", pl.col("score").alias("s1"))
-    second = judged.filter(pl.col("position") == 2).select(pl.col("partner").alias("row_id"), "cluster", "round", pl.col("row_id").alias("partner"), pl.col("score").alias("s2"))
-    pairs = first.join(second, on=["row_id", "cluster", "round", "partner"])
-    result = pl.when(pl.col("s1") > pl.col("s2")).then(1.0).when(pl.col("s1") == pl.col("s2")).then(0.5).otherwise(0.0)
-    pairs = pairs.with_columns(result.alias("result"))
-    return bradley_terry(pairs["row_id"].to_numpy(), pairs["partner"].to_numpy(), pairs["result"].to_numpy())
+    first = pl.col("position") == 1
+    calls = judged.drop_nulls(["score", "partner_score"]).select(
+        "cluster", "round",
+        pl.when(first).then("row_id").otherwise("partner").alias("a"),
+        pl.when(first).then("partner").otherwise("row_id").alias("b"),
+        pl.when(first).then("score").otherwise("partner_score").alias("sa"),
+        pl.when(first).then("partner_score").otherwise("score").alias("sb"),
+    ).unique(["cluster", "round", "a", "b"], maintain_order=True)
+    result = pl.when(pl.col("sa") > pl.col("sb")).then(1.0).when(pl.col("sa") == pl.col("sb")).then(0.5).otherwise(0.0)
+    calls = calls.with_columns(result.alias("result"))
+    return bradley_terry(calls["a"].to_numpy(), calls["b"].to_numpy(), calls["result"].to_numpy())
 
 
 def pick_tshirt(c: Candidates, budget: int, cfg) -> Picked:
