@@ -4,6 +4,7 @@ tree, comparative scores, selection) eagerly, or on a cron for big pools."""
 import os
 
 import dagster as dg
+import polars as pl
 
 
 def global_refresh() -> dg.AutomationCondition:
@@ -11,6 +12,11 @@ def global_refresh() -> dg.AutomationCondition:
     `CURATION_REFRESH_CRON="0 3 * * *"`: at most once per cron tick, after the inputs changed."""
     cron = os.environ.get("CURATION_REFRESH_CRON")
     return dg.AutomationCondition.on_cron(cron) if cron else dg.AutomationCondition.eager()
+
+
+def global_table(description: str) -> dg.AssetOut:
+    """An output of a global multi-asset: a Polars table in Parquet, refreshed by global_refresh."""
+    return dg.AssetOut(description=description, dagster_type=pl.DataFrame, kinds={"parquet", "polars"}, automation_condition=global_refresh())
 
 
 def shard_refresh() -> dg.AutomationCondition:

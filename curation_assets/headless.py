@@ -62,7 +62,7 @@ class RunConfig:
             raise ValueError(f"{path}: unknown sections {sorted(unknown)}; expected home, resources, assets")
         # Model folders and target files may be given relative to the config file.
         here = Path(path).resolve().parent
-        for section, keys in (("resources", ("model", "complexity_model", "quality_model")), ("assets", ("target_file",))):
+        for section, keys in (("resources", ("model", "complexity_model", "quality_model")), ("assets", ("target_file", "iterit_chat_template"))):
             for settings in (data.get(section) or {}).values():
                 for key in keys:
                     value = (settings or {}).get(key)

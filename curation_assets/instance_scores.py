@@ -193,20 +193,13 @@ def instance_scores(
     if unknown:
         raise dg.Failure(f"unknown score methods {sorted(unknown)}; known: {list(METHOD_NAMES)}")
     rows = raw_pool.filter(pl.col("duplicate_of").is_null()).select("row_id", "instruction", "input", "response", "messages").collect()
-    loaded: list = []
-
-    def model_and_tokenizer():
-        if not loaded:
-            loaded.extend(scorer.load()[::-1])
-        return loaded
-
     scores = rows.select("row_id")
     stats = {}
     for method in config.methods:
         def compute(chunk: pl.DataFrame, method=method) -> pl.DataFrame:
             if method == "deita":
                 return _deita_columns(chunk, deita_scorers)
-            model, tokenizer = model_and_tokenizer() if chunk.height else (None, None)
+            tokenizer, model = scorer.load() if chunk.height else (None, None)  # loaded once per process (cached)
             return _columns(method, chunk, model, tokenizer, config, scorer.token_budget)
 
         result, s = compute_missing(
@@ -281,7 +274,8 @@ def comparative_scores(
     plan = comparative.plan_comparisons(members, rounds=config.rounds, both_orders=config.both_orders, seed=config.seed)
     # The judge sees instruction + input, concatenated as api_score_pairs.py does.
     judged_text = pl.concat_str(pl.col("instruction"), pl.col("input").fill_null(""))
-    texts = {r: (i, o) for r, i, o in pool_rows(shard_frames(context, storage, "raw_pool")).select("row_id", judged_text, "response").collect().iter_rows()}
+    judged_rows = pool_rows(shard_frames(context, storage, "raw_pool")).filter(pl.col("row_id").is_in(reps["row_id"].implode()))
+    texts = {r: (i, o) for r, i, o in judged_rows.select("row_id", judged_text, "response").collect().iter_rows()}
     version = version_hash("tacos-pair", judge.generation_key(), comparative.JUDGE_SYSTEM, comparative.PAIR_PROMPT)
     pairs = pl.DataFrame(
         {"first": [p.first for p in plan], "second": [p.second for p in plan]}, schema={"first": pl.String, "second": pl.String}

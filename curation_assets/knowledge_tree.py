@@ -6,7 +6,7 @@ import polars as pl
 from pydantic import Field
 
 from curation_assets import ui
-from curation_assets.automation import global_refresh
+from curation_assets.automation import global_table
 from curation_assets.methods.tree import TreeSettings, build_tree, ground_rows
 from curation_assets.rowwise import cached_encode
 from resources.llm import ChatModelResource, ParseError
@@ -45,8 +45,8 @@ class KnowledgeTreeConfig(dg.Config):
 
 @dg.multi_asset(
     outs={
-        "knowledge_tree": dg.AssetOut(description="Tree nodes: id, parent, depth, label, member tags, rows, embedding.", dagster_type=pl.DataFrame, kinds={"parquet", "polars"}, automation_condition=global_refresh()),
-        "tree_memberships": dg.AssetOut(description="Row-to-leaf memberships with weight 1/|leaves of the row|.", dagster_type=pl.DataFrame, kinds={"parquet", "polars"}, automation_condition=global_refresh()),
+        "knowledge_tree": global_table("Tree nodes: id, parent, depth, label, member tags, rows, embedding."),
+        "tree_memberships": global_table("Row-to-leaf memberships with weight 1/|leaves of the row|."),
     },
     group_name="tags",
 

@@ -5,7 +5,7 @@ import polars as pl
 from pydantic import Field
 
 from curation_assets import ui
-from curation_assets.automation import global_refresh
+from curation_assets.automation import global_table
 from curation_assets.methods.tag_normalization import NormalizationSettings, normalize_tags
 from curation_assets.partitions import pool_shards
 from curation_assets.rowwise import cached_encode
@@ -90,8 +90,8 @@ def _metadata(rows: pl.DataFrame, vocabulary: pl.DataFrame, settings: Normalizat
 
 @dg.multi_asset(
     outs={
-        "normalized_tags": dg.AssetOut(description="Per row: canonical tags, TACOS clusters, label-set representative.", dagster_type=pl.DataFrame, kinds={"parquet", "polars"}, automation_condition=global_refresh()),
-        "tag_vocabulary": dg.AssetOut(description="Per raw tag: normalized form, canonical tag, cluster, counts, drop reason.", dagster_type=pl.DataFrame, kinds={"parquet", "polars"}, automation_condition=global_refresh()),
+        "normalized_tags": global_table("Per row: canonical tags, TACOS clusters, label-set representative, TAGS tree tags."),
+        "tag_vocabulary": global_table("Per raw tag: normalized form, canonical tag, cluster, tree leaf, counts, drop reason."),
     },
     deps=all_shards("open_tags", "raw_pool"),
     group_name="tags",

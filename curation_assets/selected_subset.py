@@ -1,15 +1,13 @@
 """selected_subset and selection_reasons: one strategy, chosen in config, picks the training subset
 from the whole pool; every candidate gets a row saying why it was or was not picked."""
 
-import math
-
 import dagster as dg
 import numpy as np
 import polars as pl
 from pydantic import Field
 
 from curation_assets import ui
-from curation_assets.automation import global_refresh
+from curation_assets.automation import global_refresh, global_table
 from curation_assets.methods.export import export_subset
 from curation_assets.methods.ingest import IngestOptions, ingest_file, load_options
 from curation_assets.methods.selection import instag_metrics, resolve_budget
@@ -73,14 +71,17 @@ def budget_rule(cfg: SelectionConfig, pool: int, budget: int) -> str:
     return f"{budget:,} rows requested of {pool:,} candidates"
 
 
-def load_candidates(context, storage: CurationStorage, normalized_tags: pl.DataFrame, comparisons: pl.DataFrame) -> pl.DataFrame:
+def load_candidates(context, storage: CurationStorage, normalized_tags: pl.DataFrame, comparisons: pl.DataFrame, strategy: str) -> pl.DataFrame:
     """Canonical rows in pool order with their scores, canonical tags, clusters and mean comparative score."""
     pool = pool_rows(shard_frames(context, storage, "raw_pool")).select(
         "row_id", "instruction", "input", "response", "messages", "system_prompt", "source_partition", "source_file", "source_row", "shape"
     ).collect()
     scores = shard_frames(context, storage, "instance_scores")
     if scores is not None:
-        pool = pool.join(scores.unique("row_id", keep="first").collect(), on="row_id", how="left", maintain_order="left")
+        # Per-token columns are large: only T-SHIRT reads its noisy copies' token differences.
+        heavy = ["tshirt_d"] + ([] if strategy == "tshirt" else ["noisy_d"])
+        scores = scores.select(pl.exclude(heavy)).unique("row_id", keep="first")
+        pool = pool.join(scores.collect(), on="row_id", how="left", maintain_order="left")
     if normalized_tags is not None and not normalized_tags.is_empty():
         pool = pool.join(normalized_tags.select("row_id", "canonical_tags", "clusters", "labelset_representative"), on="row_id", how="left", maintain_order="left")
     if comparisons is not None and not comparisons.is_empty():
@@ -160,11 +161,11 @@ def nearest_selected(embeddings: np.ndarray, order: list[int]) -> tuple[np.ndarr
     rank[picked] = np.arange(len(picked))
     k = min(len(picked), 64)
     s, idx = index.search(np.ascontiguousarray(embeddings, dtype=np.float32), k)
-    for i in range(n):
-        for sim, j in zip(s[i], idx[i]):
-            if j >= 0 and j < rank[i]:
-                nearest[i], sims[i] = picked[j], sim
-                break
+    earlier = (idx >= 0) & (idx < rank[:, None])  # hits picked before the row (any, for unpicked rows)
+    first = earlier.argmax(axis=1)  # hits come most similar first
+    has = earlier[np.arange(n), first]
+    nearest[has] = picked[idx[has, first[has]]]
+    sims[has] = s[has, first[has]]
     return nearest, sims
 
 
@@ -174,6 +175,21 @@ def percentiles(values: np.ndarray) -> np.ndarray:
     if ok.any():
         out[ok] = 100.0 * pl.Series(values[ok]).rank("max").to_numpy() / ok.sum()
     return out
+
+
+SCORE_STRUCT = pl.List(pl.Struct({"name": pl.String, "value": pl.Float64, "percentile": pl.Float64}))
+
+
+def score_lists(values: dict[str, np.ndarray], n: int) -> pl.Series:
+    """Per row, [{name, value, percentile}] for each score the row has (NaN left out), in key order."""
+    if not values:
+        return pl.Series([[]] * n, dtype=SCORE_STRUCT)
+    long = pl.concat([
+        pl.DataFrame({"i": np.arange(n), "name": [k] * n, "value": v.astype(np.float64), "percentile": percentiles(v)}) for k, v in values.items()
+    ]).filter(pl.col("value").is_not_nan())
+    per_row = long.group_by("i", maintain_order=True).agg(pl.struct("name", "value", "percentile").alias("scores"))
+    out = pl.DataFrame({"i": np.arange(n)}).join(per_row, on="i", how="left", maintain_order="left")["scores"]
+    return out.fill_null(pl.lit([], dtype=SCORE_STRUCT)).cast(SCORE_STRUCT)
 
 
 def tree_paths(rows: pl.DataFrame, memberships: pl.DataFrame | None, nodes: pl.DataFrame | None) -> list[str | None]:
@@ -189,8 +205,8 @@ def tree_paths(rows: pl.DataFrame, memberships: pl.DataFrame | None, nodes: pl.D
 
 @dg.multi_asset(
     outs={
-        "selected_subset": dg.AssetOut(description="The selected rows in rank order, with their conversations and sources.", dagster_type=pl.DataFrame, kinds={"parquet", "polars"}, automation_condition=global_refresh()),
-        "selection_reasons": dg.AssetOut(description="One row per candidate: selected or not, rank, scores with percentiles, tree path, gain, reason, nearest selected row.", dagster_type=pl.DataFrame, kinds={"parquet", "polars"}, automation_condition=global_refresh()),
+        "selected_subset": global_table("The selected rows in rank order, with their conversations and sources."),
+        "selection_reasons": global_table("One row per candidate: selected or not, rank, scores with percentiles, tree path, gain, reason, nearest selected row."),
     },
     deps=all_shards("raw_pool", "instance_scores"),
     group_name="selection",
@@ -210,13 +226,11 @@ def selected_subset(
 ):
     if config.strategy not in STRATEGIES:
         raise dg.Failure(f"unknown strategy {config.strategy!r}; choose one of {sorted(STRATEGIES)}")
-    if config.strategy == "iterit" and config.iterit_eos is None:  # IterIT: targets = output + tokenizer.eos_token
-        config = config.model_copy(update={"iterit_eos": scorer.eos_token()})
-    rows = load_candidates(context, storage, normalized_tags, comparative_scores)
+    rows = load_candidates(context, storage, normalized_tags, comparative_scores, config.strategy)
     budget = resolve_budget(config.budget, rows.height) if rows.height else 0
     cache = storage.row_cache("embeddings", embedder.version())
     embed = lambda texts: cached_encode(texts, embedder.encode, cache)  # noqa: E731
-    candidates = Candidates(rows, tree_memberships, knowledge_tree, comparative_scores, embed)
+    candidates = Candidates(rows, tree_memberships, knowledge_tree, comparative_scores, embed, eos_token=scorer.eos_token)
     if config.strategy == "tags" and (config.target_file or config.target_leaves):
         candidates.target_leaf_mass = target_leaf_mass(config, knowledge_tree, tag_vocabulary, tagger, embed, context.log.info)
     try:
@@ -243,13 +257,10 @@ def explain(c: Candidates, picked, cfg: SelectionConfig, budget: int, rule: str,
     selected = rank > 0
     values = {k: c.column(k) for k in SCORE_COLUMNS if k in c.rows.columns}
     values.update({k: v for k, v in picked.extra.items() if k in SCORE_COLUMNS})
-    score_structs = [
-        [{"name": k, "value": float(v[i]), "percentile": float(p[i])} for k, (v, p) in ((k, (v, percentiles(v))) for k, v in values.items()) if not math.isnan(v[i])]
-        for i in range(n)
-    ] if values else [[] for _ in range(n)]
+    score_structs = score_lists(values, n)
     nearest, nearest_sim = (np.full(n, -1), np.full(n, np.nan))
     if cfg.neighbours and n and picked.order:
-        nearest, nearest_sim = nearest_selected(embed(c.texts()), picked.order)
+        nearest, nearest_sim = nearest_selected(c.embeddings(), picked.order)
     ids = c.rows["row_id"].to_list()
     reason = [
         f"selected: rank {rank[i]} of {len(picked.order)}, {picked.gain_name} {picked.gain[i]:.4g}" if selected[i] else picked.reason.get(i, "not selected")
@@ -267,7 +278,7 @@ def explain(c: Candidates, picked, cfg: SelectionConfig, budget: int, rule: str,
         "gain": picked.gain,
         "kl_contribution": picked.kl if picked.kl is not None else np.full(n, np.nan),
         "reason": reason,
-        "scores": pl.Series(score_structs, dtype=pl.List(pl.Struct({"name": pl.String, "value": pl.Float64, "percentile": pl.Float64}))),
+        "scores": score_structs,
         "tree_path": tree_paths(c.rows, c.memberships, c.nodes),
         "canonical_tags": c.rows["canonical_tags"] if "canonical_tags" in c.rows.columns else [None] * n,
         "nearest_selected": [ids[j] if j >= 0 else None for j in nearest],

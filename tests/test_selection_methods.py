@@ -241,3 +241,27 @@ def test_deita_blocks_keep_the_row_at_a_time_answer(block):
     assert result.selected == kept and len(result.rejected_by) == 300 - len(kept)
     assert all(float(unit[p] @ unit[r]) > 0.9 - 1e-6 for r, (p, _) in result.rejected_by.items())
     assert rules.deita_filter(emb, scores, 0.9, data_size=20, block=block).selected == kept[:20]
+
+
+def test_score_lists_keep_each_rows_scores_with_pool_percentiles():
+    from curation_assets.selected_subset import score_lists
+
+    values = {"a": np.array([0.5, np.nan, 2.0, 1.0]), "b": np.array([np.nan, np.nan, 3.0, 1.0])}
+    assert score_lists(values, 4).to_list() == [
+        [{"name": "a", "value": 0.5, "percentile": 100 / 3}],
+        [],
+        [{"name": "a", "value": 2.0, "percentile": 100.0}, {"name": "b", "value": 3.0, "percentile": 100.0}],
+        [{"name": "a", "value": 1.0, "percentile": 200 / 3}, {"name": "b", "value": 1.0, "percentile": 50.0}],
+    ]
+    assert score_lists({}, 2).to_list() == [[], []]
+
+
+def test_nearest_selected_is_the_most_similar_row_picked_before():
+    from curation_assets.selected_subset import nearest_selected
+
+    unit = lambda deg: [np.cos(np.radians(deg)), np.sin(np.radians(deg))]  # noqa: E731
+    emb = np.array([unit(0), unit(10), unit(50), unit(95)], dtype=np.float32)
+    nearest, sims = nearest_selected(emb, [2, 0])  # row 2 picked first, then row 0
+    assert nearest.tolist() == [2, 0, -1, 2]  # row 0: only row 2 came before it; row 1 is nearest to row 0
+    assert np.isnan(sims[2]) and sims[0] == pytest.approx(np.cos(np.radians(50)), abs=1e-6)
+    assert sims[3] == pytest.approx(np.cos(np.radians(45)), abs=1e-6)

@@ -23,8 +23,7 @@ def resolve_budget(budget: float, pool_size: int) -> int:
 def superfiltering(ifd: np.ndarray, budget: int, threshold: float = 1.0) -> list[int]:
     """select_data.py: keep IFD < threshold (strict; NaN drops out), stable sort descending, first
     `budget`. The reference's budget is int(52002 x rate); here the caller gives it."""
-    keep = [i for i, v in enumerate(ifd) if v < threshold]
-    return sorted(keep, key=lambda i: -ifd[i])[:budget]  # Python's sort is stable, as the reference's
+    return top_k(ifd, budget, valid=ifd < threshold)  # a stable descending sort, as the reference's
 
 
 def cherry(rate: np.ndarray, kept: np.ndarray, budget_rate: float | None = None, count: int | None = None) -> tuple[list[int], int]:
@@ -33,11 +32,12 @@ def cherry(rate: np.ndarray, kept: np.ndarray, budget_rate: float | None = None,
     rows counted as the reference counts them (NaN included), unless a count is given. Deviations:
     NaN rates are not selected (the reference lets them through its `> 1` test) and n = 0 selects
     nothing (the reference's [-0:] selects everything)."""
-    pairs = sorted((float(rate[i]), i) for i in range(len(rate)) if kept[i] and not math.isnan(rate[i]))
+    idx = np.flatnonzero(kept & ~np.isnan(rate))
+    ascending = idx[np.lexsort((idx, rate[idx]))]  # by (rate, index), as sorting the reference's tuples
     n = count if count else int(int(np.count_nonzero(kept)) * (budget_rate or 0))
     if n <= 0:
         return [], n
-    return sorted(i for _, i in pairs[-n:]), n
+    return sorted(ascending[-n:].tolist()), n
 
 
 def top_k(values: np.ndarray, budget: int, *, descending: bool = True, valid: np.ndarray | None = None) -> list[int]:
@@ -93,8 +93,10 @@ def deita_filter(
         raise ValueError(f"rows {torch.nonzero(norms == 0).ravel().tolist()[:10]} have zero-norm embeddings")
     emb = emb / norms[:, None]  # the reference normalizes twice, in float32
     emb = emb / emb.norm(dim=1)[:, None]
-    nan_last = lambda i: (math.isnan(scores[i]), 0.0 if math.isnan(scores[i]) else -scores[i], i)  # noqa: E731 (pandas puts NaN last)
-    scan = list(order) if order is not None else sorted(range(len(scores)), key=nan_last)
+    scores = np.asarray(scores, dtype=np.float64)
+    missing = np.isnan(scores)  # pandas puts NaN last
+    by_score = np.lexsort((np.arange(len(scores)), np.where(missing, 0.0, -scores), missing))
+    scan = list(order) if order is not None else by_score.tolist()
     kept: list[int] = [scan[0]] if scan else []
     rejected: dict[int, tuple[int, float]] = {}
     limit = data_size if data_size > -1 else len(scan)

@@ -29,6 +29,8 @@ class Candidates:
     comparisons: pl.DataFrame | None = None  # row_id, cluster, score
     embed: Callable[[list[str]], np.ndarray] | None = None
     target_leaf_mass: dict[int, float] | None = None  # leaf node_id -> p̂_T, the target set's share
+    eos_token: Callable[[], str] | None = None  # the scorer tokenizer's EOS (IterIT's documents)
+    _embeddings: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def n(self) -> int:
@@ -41,6 +43,14 @@ class Candidates:
 
     def texts(self) -> list[str]:
         return [f"{i}\n{x}\n{r}" if x else f"{i}\n{r}" for i, x, r in self.rows.select("instruction", "input", "response").iter_rows()]
+
+    def embeddings(self) -> np.ndarray:
+        """The rows' text embeddings, computed once (DEITA's filter and the nearest-neighbour reasons share them)."""
+        if self._embeddings is None:
+            if self.embed is None:
+                raise ValueError("no embedder")
+            self._embeddings = self.embed(self.texts())
+        return self._embeddings
 
 
 @dataclass
@@ -57,6 +67,13 @@ class Picked:
     budget: int | None = None  # the method's own budget where it is not the pool's (Cherry: a share of the rows it keeps)
     budget_rule: str | None = None
     summary: dict[str, float] = field(default_factory=dict)  # subset-level measures for the UI
+
+
+def _unpicked(n: int, picked: list[int]) -> list[int]:
+    """Row positions not in `picked`, in order."""
+    mask = np.ones(n, dtype=bool)
+    mask[picked] = False
+    return np.flatnonzero(mask).tolist()
 
 
 def _empty_gain(n: int) -> np.ndarray:
@@ -186,8 +203,9 @@ def pick_tshirt(c: Candidates, budget: int, cfg) -> Picked:
     gain[picked] = stats.std_noisy_sifd[picked]
     pool = set(hierarchical_top_k(stats.avg_noisy_ifd, stats.avg_noisy_sifd, stats.std_noisy_sifd, cfg.tshirt_pool_factor * budget, 1))
     reason, ineligible = {}, set()
+    chosen = set(picked)
     for i in range(c.n):
-        if i in picked:
+        if i in chosen:
             continue
         if np.isnan(stats.avg_noisy_ifd[i]) or np.isnan(stats.avg_noisy_sifd[i]):
             reason[i] = "no T-SHIRT score (empty, one-token or over-long row)"
@@ -209,7 +227,7 @@ def pick_deita(c: Candidates, budget: int, cfg) -> Picked:
     score = np.ones(c.n)
     for key in cfg.deita_keys:
         score = score * c.column(key)
-    result = rules.deita_filter(c.embed(c.texts()), score, cfg.deita_threshold, budget, cfg.deita_batch_size)
+    result = rules.deita_filter(c.embeddings(), score, cfg.deita_threshold, budget, cfg.deita_batch_size)
     gain = _empty_gain(c.n)
     gain[result.selected] = score[result.selected]
     ids = c.rows["row_id"].to_list()
@@ -224,12 +242,13 @@ def pick_deita(c: Candidates, budget: int, cfg) -> Picked:
 
 def pick_iterit(c: Candidates, budget: int, cfg) -> Picked:
     scores = c.column("iterit_ifd").astype(np.float32)
-    docs = [r + cfg.iterit_eos for r in c.rows["response"].to_list()]
+    eos = cfg.iterit_eos if cfg.iterit_eos is not None else c.eos_token() if c.eos_token else ""  # IterIT: output + tokenizer.eos_token
+    docs = [r + eos for r in c.rows["response"].to_list()]
     order = greedy_order(scores, docs, range(c.n), c.n, budget, gamma=cfg.iterit_gamma)
     picked = [i for i in order[:budget] if scores[i] < 1]
     gain = _empty_gain(c.n)
     gain[picked] = scores[picked]
-    reason = {i: ("IFD >= 1" if scores[i] >= 1 else "no IFD" if np.isnan(scores[i]) else "diversity-weighted score below the budget") for i in range(c.n) if i not in set(picked)}
+    reason = {i: ("IFD >= 1" if scores[i] >= 1 else "no IFD" if np.isnan(scores[i]) else "diversity-weighted score below the budget") for i in _unpicked(c.n, picked)}
     return Picked(picked, gain, "IterIT IFD", reason, {i for i in range(c.n) if not scores[i] < 1})
 
 
@@ -238,7 +257,7 @@ def pick_superfiltering(c: Candidates, budget: int, cfg) -> Picked:
     picked = rules.superfiltering(ifd, budget, cfg.ifd_threshold)
     gain = _empty_gain(c.n)
     gain[picked] = ifd[picked]
-    reason = {i: ("no IFD" if np.isnan(ifd[i]) else f"IFD {ifd[i]:.4g} >= {cfg.ifd_threshold}" if ifd[i] >= cfg.ifd_threshold else "IFD below the budget") for i in range(c.n) if i not in set(picked)}
+    reason = {i: ("no IFD" if np.isnan(ifd[i]) else f"IFD {ifd[i]:.4g} >= {cfg.ifd_threshold}" if ifd[i] >= cfg.ifd_threshold else "IFD below the budget") for i in _unpicked(c.n, picked)}
     return Picked(picked, gain, "IFD (PPL ratio)", reason, {i for i in range(c.n) if not ifd[i] < cfg.ifd_threshold})
 
 
@@ -253,7 +272,7 @@ def pick_cherry(c: Candidates, budget: int, cfg) -> Picked:
     gain = _empty_gain(c.n)
     gain[picked] = rate[picked]
     below = f"IFD below the budget ({n:,} of {int(kept.sum()):,} rows kept by Cherry's rules)"
-    reason = {i: (f"skipped by Cherry's rule: {skip[i]}" if skip[i] else "no IFD" if np.isnan(rate[i]) else below) for i in range(c.n) if i not in set(picked)}
+    reason = {i: (f"skipped by Cherry's rule: {skip[i]}" if skip[i] else "no IFD" if np.isnan(rate[i]) else below) for i in _unpicked(c.n, picked)}
     rule = f"{fraction:.4g} of {int(kept.sum()):,} rows kept by Cherry's rules = {n:,} rows" if fraction else None
     return Picked(picked, gain, "IFD (loss ratio)", reason, {i for i in range(c.n) if not kept[i] or np.isnan(rate[i])}, budget=n if fraction else None, budget_rule=rule)
 
@@ -266,7 +285,7 @@ def pick_top_k(c: Candidates, budget: int, cfg) -> Picked:
     picked = rules.top_k(values, budget, descending=cfg.descending, valid=valid)
     gain = _empty_gain(c.n)
     gain[picked] = values[picked]
-    reason = {i: ("no score" if np.isnan(values[i]) else f"{cfg.score} {values[i]:.4g} not below {cfg.score_below}" if not valid[i] else f"{cfg.score} below the budget") for i in range(c.n) if i not in set(picked)}
+    reason = {i: ("no score" if np.isnan(values[i]) else f"{cfg.score} {values[i]:.4g} not below {cfg.score_below}" if not valid[i] else f"{cfg.score} below the budget") for i in _unpicked(c.n, picked)}
     return Picked(picked, gain, cfg.score, reason, {i for i in range(c.n) if np.isnan(values[i]) or not valid[i]})
 
 
@@ -278,13 +297,13 @@ def pick_instag(c: Candidates, budget: int, cfg) -> Picked:
     gain = _empty_gain(c.n)
     gain[picked] = new
     untagged = {i for i, t in enumerate(tags) if not t}
-    reason = {i: "no canonical tags" if i in untagged else "budget reached before it added a tag in its pass" for i in range(c.n) if i not in set(picked)}
+    reason = {i: "no canonical tags" if i in untagged else "budget reached before it added a tag in its pass" for i in _unpicked(c.n, picked)}
     return Picked(picked, gain, "new tags in its pass", reason, untagged)
 
 
 def pick_random(c: Candidates, budget: int, cfg) -> Picked:
     picked = rules.random_subset(c.n, budget, cfg.seed)
-    return Picked(picked, _empty_gain(c.n), "random draw", {i: f"not drawn (seed {cfg.seed})" for i in set(range(c.n)) - set(picked)})
+    return Picked(picked, _empty_gain(c.n), "random draw", {i: f"not drawn (seed {cfg.seed})" for i in _unpicked(c.n, picked)})
 
 
 STRATEGIES: dict[str, Callable[[Candidates, int, object], Picked]] = {

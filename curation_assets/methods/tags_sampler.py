@@ -250,9 +250,3 @@ def target_distribution(counts: np.ndarray, parents: np.ndarray | None = None, *
         p = (1 - mu) * p + mu * backed
     p = p + eps
     return p / p.sum()
-
-
-def kl_divergence(target: np.ndarray, counts: np.ndarray, eps: float = 1e-3) -> float:
-    p_s = (counts + eps) / (counts.sum() + eps * len(counts))
-    mask = target > 0
-    return float(np.sum(target[mask] * np.log(target[mask] / p_s[mask])))
