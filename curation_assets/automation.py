@@ -7,11 +7,24 @@ import dagster as dg
 import polars as pl
 
 
+def eager_or_new_code() -> dg.AutomationCondition:
+    """Dagster's `eager`, that also fires when the asset's code version changes (a method's
+    VERSION or settings): stale results refresh without a manual run."""
+    A = dg.AutomationCondition
+    return (
+        A.in_latest_time_window()
+        & (A.newly_missing() | A.any_deps_updated() | A.code_version_changed()).since_last_handled()
+        & ~A.any_deps_missing()
+        & ~A.any_deps_in_progress()
+        & ~A.in_progress()
+    ).with_label("eager or new code version")
+
+
 def global_refresh() -> dg.AutomationCondition:
-    """`eager` (default): refresh when inputs change and none is missing or running.
-    `CURATION_REFRESH_CRON="0 3 * * *"`: at most once per cron tick, after the inputs changed."""
+    """`eager` (default): refresh when inputs or the code version change and no input is missing
+    or running. `CURATION_REFRESH_CRON="0 3 * * *"`: at most once per cron tick, after the inputs changed."""
     cron = os.environ.get("CURATION_REFRESH_CRON")
-    return dg.AutomationCondition.on_cron(cron) if cron else dg.AutomationCondition.eager()
+    return dg.AutomationCondition.on_cron(cron) if cron else eager_or_new_code()
 
 
 def global_table(description: str) -> dg.AssetOut:
@@ -20,7 +33,7 @@ def global_table(description: str) -> dg.AssetOut:
 
 
 def shard_refresh() -> dg.AutomationCondition:
-    return dg.AutomationCondition.eager()
+    return eager_or_new_code()
 
 
 automation_sensor = dg.AutomationConditionSensorDefinition(

@@ -40,23 +40,32 @@ RESOURCE_TYPES = {
     "deita_scorers": DeitaScorersResource,
     "judge": instance_scores.JudgeResource,
 }
-ASSETS = [
-    raw_pool_module.raw_pool,
-    open_tags.open_tags,
-    normalized_tags.normalized_tags,
-    knowledge_tree.knowledge_tree,
-    instance_scores.instance_scores,
-    instance_scores.comparative_scores,
-    selected_subset.selected_subset,
-    selected_subset.subset_export,
-]
+
+
+def build_assets(asset_config: dict | None = None, resource_config: dict | None = None) -> list:
+    """The assets, with the score methods and strategies registered now (methods/registry.py);
+    `asset_config` (run config per asset) sets the code versions of the plugin-driven assets, so
+    a changed setting or method VERSION shows their materializations as stale."""
+    asset_config = asset_config or {}
+    return [
+        raw_pool_module.raw_pool,
+        open_tags.open_tags,
+        normalized_tags.normalized_tags,
+        knowledge_tree.knowledge_tree,
+        instance_scores.build_asset(asset_config.get("instance_scores"), resource_config),
+        instance_scores.comparative_scores,
+        selected_subset.build_asset(asset_config.get("selected_subset")),
+        selected_subset.subset_export,
+    ]
+
+
 CHECKS = [raw_pool_module.raw_pool_reconciles, selected_subset.selected_subset_checks]
 SENSORS = [raw_pool_module.landing_sensor, automation_sensor]
 
 
-def build_definitions(home: str | None = None, resource_config: dict | None = None) -> dg.Definitions:
+def build_definitions(home: str | None = None, resource_config: dict | None = None, asset_config: dict | None = None) -> dg.Definitions:
     return dg.Definitions(
-        assets=ASSETS,
+        assets=build_assets(asset_config, resource_config),
         asset_checks=CHECKS,
         sensors=SENSORS,
         resources=build_resources(home, resource_config),

@@ -64,10 +64,12 @@ class RunConfig:
         here = Path(path).resolve().parent
         for section, keys in (("resources", ("model", "complexity_model", "quality_model")), ("assets", ("target_file", "iterit_chat_template"))):
             for settings in (data.get(section) or {}).values():
-                for key in keys:
-                    value = (settings or {}).get(key)
-                    if isinstance(value, str) and not Path(value).is_absolute() and (here / value).exists():
-                        settings[key] = str(here / value)
+                _resolve_paths(settings, keys, here)
+        assets = data.get("assets") or {}
+        if isinstance(assets.get("selected_subset"), dict):
+            from curation_assets.selected_subset import nested_config
+
+            assets["selected_subset"] = nested_config(assets["selected_subset"])  # the earlier flat form still reads
         return cls(**data)
 
     def run_config(self, ops: Iterable[str]) -> dict:
@@ -76,6 +78,17 @@ class RunConfig:
             "ops": {name: {"config": cfg} for name, cfg in self.assets.items() if name in ops},
             "loggers": {"console": {"config": {"log_level": "INFO"}}},
         }
+
+
+def _resolve_paths(settings, keys: tuple[str, ...], here: Path) -> None:
+    """Make the path settings in `settings` (nested dicts too) absolute where they exist beside `here`."""
+    if not isinstance(settings, dict):
+        return
+    for key, value in settings.items():
+        if key in keys and isinstance(value, str) and not Path(value).is_absolute() and (here / value).exists():
+            settings[key] = str(here / value)
+        elif isinstance(value, dict):
+            _resolve_paths(value, keys, here)
 
 
 @dataclass
@@ -97,7 +110,7 @@ def run_graph(
     from curation_assets.definitions import build_definitions
 
     config = config or RunConfig()
-    defs = build_definitions(home=config.home, resource_config=config.resources)
+    defs = build_definitions(home=config.home, resource_config=config.resources, asset_config=config.assets)
     storage = defs.resources["storage"]
     instance = instance or open_instance()
 
@@ -118,7 +131,7 @@ def run_graph(
         return {graph.assets_def_for_key(k).node_def.name for k in keys}
 
     shard_runs: dict[str, bool] = {}
-    done = set() if refresh else _materialized(instance, shard_keys)
+    done = set() if refresh else _materialized(instance, {k: graph.get(k).code_version for k in shard_keys})
     for partition in sorted(instance.get_dynamic_partitions(pool_shards.name)):
         if partition in done:
             continue
@@ -145,7 +158,24 @@ def run_graph(
     return RunReport(landed, shard_runs, global_run, storage.root)
 
 
-def _materialized(instance: dg.DagsterInstance, keys: list[dg.AssetKey]) -> set[str]:
-    """Partitions where every per-shard asset is already materialized."""
-    sets = [instance.get_materialized_partitions(k) for k in keys]
-    return set.intersection(*map(set, sets)) if sets else set()
+def _materialized(instance: dg.DagsterInstance, code_versions: dict[dg.AssetKey, str | None]) -> set[str]:
+    """Partitions where every per-shard asset is materialized, by its current code version where
+    it has one (a changed method VERSION or setting makes the shard's scores stale)."""
+    sets = []
+    for key, version in code_versions.items():
+        if version is None:
+            sets.append(set(instance.get_materialized_partitions(key)))
+            continue
+        latest: dict[str, str | None] = {}
+        cursor = None
+        while True:
+            page = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key), limit=1000, cursor=cursor, ascending=False)
+            for record in page.records:
+                m = record.asset_materialization
+                if m is not None and m.partition is not None and m.partition not in latest:
+                    latest[m.partition] = (m.tags or {}).get("dagster/code_version")
+            if not page.has_more:
+                break
+            cursor = page.cursor
+        sets.append({p for p, v in latest.items() if v == version})
+    return set.intersection(*sets) if sets else set()

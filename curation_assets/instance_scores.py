@@ -1,214 +1,164 @@
-"""instance_scores: IFD-family scores per canonical row of a shard; comparative_scores: TACOS judge
-scores within tag clusters for the whole pool."""
+"""instance_scores: the registered score methods (methods/registry.py) per canonical row of a shard;
+comparative_scores: TACOS judge scores within tag clusters for the whole pool."""
 
-from pathlib import Path
+from enum import Enum
 
 import dagster as dg
-import numpy as np
 import polars as pl
-from pydantic import Field
+from pydantic import Field, create_model
 
 from curation_assets import ui
 from curation_assets.automation import global_refresh, shard_refresh
-from curation_assets.methods import comparative, deita
-from curation_assets.methods.ifd import ITERIT_TEMPLATES, cherry_ifd, iterit_ifd, plain_ifd, samples_from_rows
-from curation_assets.methods.selection import deita_score
-from curation_assets.methods.tshirt import noisy_scores
-from curation_assets.normalized_tags import all_shards, pool_rows, shard_frames
+from curation_assets.method_config import merged_fields
+from curation_assets.methods import comparative
+from curation_assets.methods.plugin import ScoreMethod, version_hash
+from curation_assets.methods.registry import SCORE_METHODS
 from curation_assets.partitions import pool_shards
 from curation_assets.rowwise import compute_missing
-from resources.llm import ChatModelResource, version_hash
+from curation_assets.shards import all_shards, pool_rows, shard_frames
+from resources.llm import ChatModelResource
 from resources.scorer import CausalLMScorerResource, DeitaScorersResource
 from resources.storage import CurationStorage
 
-METHOD_NAMES = ("ifd", "tshirt", "cherry", "iterit", "deita")
+DEFAULT_METHODS = ["ifd", "tshirt"]
+ROW_COLUMNS = ("row_id", "instruction", "input", "response", "messages")
 
 
-class InstanceScoresConfig(dg.Config):
-    """Which scores to compute and their reference settings (research/tshirt-iterit.md)."""
-
-    methods: list[str] = Field(["ifd", "tshirt"], description="ifd (Superfiltering + T-SHIRT clean), tshirt (noisy neighbours), cherry, iterit, deita (DEITA's scorers).")
-    max_length: int = Field(1024, description="ifd and tshirt truncation length (Superfiltering, T-SHIRT: 1024).")
-    cherry_max_length: int = Field(512, description="Cherry LLM truncation length (its scripts: 512).")
-    cherry_prompt: str = Field("alpaca", description="Cherry LLM prompt: alpaca, wiz (WizardLM) or vicuna (its V2 scripts).")
-    iterit_max_length: int | None = Field(None, description="IterIT truncation; null = the model's max positions.")
-    iterit_chat_template: str = Field("model", description="IterIT chat template: model (the scorer's own), llama-3.1 (IterIT's train.py), or a Jinja file.")
-    iterit_strip_output: bool = Field(True, description="Strip responses before the chat template (fixes the reference's |trim pitfall).")
-    tshirt_copies: int = Field(30, description="Noisy neighbours per row (T-SHIRT uses 30).")
-    tshirt_alpha: float = Field(5.0, description="Noise scale alpha (T-SHIRT: 5).")
-    seed: int = Field(42, description="Seed of the T-SHIRT noise (combined with each row_id).")
-    chunk_rows: int = Field(4096, description="Rows scored and cached per chunk.")
-
-
-def _columns(method: str, rows: pl.DataFrame, model, tokenizer, cfg: InstanceScoresConfig, budget: int) -> pl.DataFrame:
-    samples = samples_from_rows(rows["instruction"], rows["input"], rows["response"], rows["messages"].to_list())
-    ids = rows["row_id"]
-    empty = rows.is_empty()  # no model call: an empty frame with the method's columns
-    if method == "ifd":
-        r = [] if empty else plain_ifd(model, tokenizer, samples, max_length=cfg.max_length, token_budget=budget)
-        return pl.DataFrame({
-            "row_id": ids,
-            "prompt_tokens": [x.prompt_tokens for x in r],
-            "response_tokens": [x.response_tokens for x in r],
-            "sf_loss_cond": [x.sf_loss_cond for x in r],
-            "sf_loss_direct": [x.sf_loss_direct for x in r],
-            "ifd_ppl": [x.ifd_ppl for x in r],
-            "tshirt_ifd": [x.tshirt_ifd for x in r],
-            "tshirt_d": [x.tshirt_d.tolist() for x in r],
-            "ifd_note": [x.error for x in r],
-        }, schema_overrides={"prompt_tokens": pl.Int32, "response_tokens": pl.Int32, "tshirt_d": pl.List(pl.Float32), "ifd_note": pl.String})
-    if method == "tshirt":
-        r = [] if empty else noisy_scores(model, tokenizer, samples, ids.to_list(), copies=cfg.tshirt_copies, alpha=cfg.tshirt_alpha, seed=cfg.seed, max_length=cfg.max_length, token_budget=budget)
-        return pl.DataFrame({
-            "row_id": ids,
-            "noisy_ifd": [x.noisy_ifd.tolist() for x in r],
-            "noisy_d": [[d.tolist() for d in x.noisy_d] for x in r],
-            "avg_noisy_ifd": [float(np.mean(x.noisy_ifd)) for x in r],
-            "std_noisy_ifd": [float(np.std(x.noisy_ifd)) for x in r],
-            "tshirt_note": [x.error for x in r],
-        }, schema_overrides={"noisy_ifd": pl.List(pl.Float64), "noisy_d": pl.List(pl.List(pl.Float32)), "tshirt_note": pl.String})
-    if method == "cherry":
-        r = [] if empty else cherry_ifd(model, tokenizer, samples, max_length=cfg.cherry_max_length, token_budget=budget, prompt=cfg.cherry_prompt)
-        return pl.DataFrame({
-            "row_id": ids,
-            "cherry_loss_cond": [x.loss_cond for x in r],
-            "cherry_loss_direct": [x.loss_direct for x in r],
-            "ifd_loss": [x.ifd_loss for x in r],
-            "cherry_skip": [x.skip for x in r],
-        }, schema_overrides={"cherry_skip": pl.String})
-    if method == "iterit":
-        max_len = cfg.iterit_max_length or (0 if empty else int(getattr(model.config, "max_position_embeddings", 8192)))
-        r = [] if empty else iterit_ifd(model, tokenizer, samples, max_length=max_len, token_budget=budget, strip_output=cfg.iterit_strip_output, chat_template=iterit_template(cfg))
-        return pl.DataFrame({
-            "row_id": ids,
-            "iterit_cl": [x.cl for x in r],
-            "iterit_pl": [x.pl for x in r],
-            "iterit_ifd": [x.ifd_bf16 for x in r],
-            "iterit_ifd_fp32": [x.ifd for x in r],
-            "iterit_answer_tokens": [x.answer_tokens for x in r],
-        }, schema_overrides={"iterit_answer_tokens": pl.Int32})
-    raise ValueError(f"unknown score method {method!r}; known: {METHOD_NAMES}")
+def config_class(methods: dict[str, ScoreMethod] | None = None) -> type[dg.Config]:
+    """instance_scores' run config: `methods` (which to compute), `chunk_rows`, and every
+    registered method's settings as flat keys (research/tshirt-iterit.md for the defaults)."""
+    methods = SCORE_METHODS if methods is None else methods
+    names = tuple(methods)
+    method_name = Enum("ScoreMethodName", {n: n for n in names}, type=str)  # an enum: Dagster checks the names
+    return create_model(
+        "InstanceScoresConfig",
+        __base__=dg.Config,
+        __doc__="Which scores to compute and their settings: " + "; ".join(f"{m.name}: {m.description}" for m in methods.values()) + ".",
+        methods=(list[method_name], Field([m for m in DEFAULT_METHODS if m in methods], description="Score methods to compute: " + ", ".join(names) + ".")),
+        chunk_rows=(int, Field(4096, description="Rows scored and cached per chunk.")),
+        **merged_fields({m.name: m.settings for m in methods.values()}),
+    )
 
 
-def _deita_columns(rows: pl.DataFrame, scorers: DeitaScorersResource) -> pl.DataFrame:
-    """Per row: DEITA complexity and quality of each user turn, and the sum of their products."""
-    pairs = [deita.turn_pairs(m) for m in rows["messages"].to_list()]
-    flat = [p for row in pairs for p in row]
-    prompts = {
-        "complexity": [deita.COMPLEXITY_TEMPLATE.format(instruction=i) for i, _ in flat],
-        "quality": [deita.QUALITY_TEMPLATE.format(instruction=i, output=o) for i, o in flat],
-    }
-    scored = {kind: np.zeros(0) for kind in prompts}
-    for kind, texts in prompts.items():
-        if texts:  # an empty chunk only gives the columns: no model is loaded
-            resource = scorers.scorer(kind)
-            tokenizer, model = resource.load()
-            window = int(getattr(model.config, "max_position_embeddings", 1 << 30))
-            scored[kind] = deita.expected_scores(model, tokenizer, texts, max_length=window, token_budget=resource.token_budget)
-    bounds = np.cumsum([0] + [len(p) for p in pairs])
-    complexity = [scored["complexity"][a:b].tolist() for a, b in zip(bounds[:-1], bounds[1:])]
-    quality = [scored["quality"][a:b].tolist() for a, b in zip(bounds[:-1], bounds[1:])]
-    return pl.DataFrame({
-        "row_id": rows["row_id"],
-        "deita_complexity": complexity,
-        "deita_quality": quality,
-        "deita_score": deita_score([complexity, quality]),
-    }, schema_overrides={"deita_complexity": pl.List(pl.Float64), "deita_quality": pl.List(pl.Float64), "deita_score": pl.Float64})
+InstanceScoresConfig = config_class()
 
 
-def iterit_template(cfg: InstanceScoresConfig) -> str | None:
-    """The Jinja text of the IterIT template setting (None: the scorer's own)."""
-    if cfg.iterit_chat_template == "model":
-        return None
-    if cfg.iterit_chat_template in ITERIT_TEMPLATES:
-        return ITERIT_TEMPLATES[cfg.iterit_chat_template]
-    path = Path(cfg.iterit_chat_template)
-    if not path.is_file():
-        raise dg.Failure(f"iterit_chat_template {cfg.iterit_chat_template!r} is neither model, one of {sorted(ITERIT_TEMPLATES)}, nor a file")
-    return path.read_text()
+def chosen_methods(config) -> list[str]:
+    """The configured method names (Dagster hands over enum members, defaults stay strings)."""
+    return [m.value if isinstance(m, Enum) else m for m in config.methods]
 
 
-def method_version(method: str, scorer: CausalLMScorerResource, cfg: InstanceScoresConfig, deita_scorers: DeitaScorersResource | None = None) -> str:
-    if method == "deita":
-        return version_hash(method, deita_scorers.identity(), deita.COMPLEXITY_TEMPLATE, deita.QUALITY_TEMPLATE)
-    params = {
-        "ifd": [cfg.max_length],
-        "tshirt": [cfg.max_length, cfg.tshirt_copies, cfg.tshirt_alpha, cfg.seed],
-        "cherry": [cfg.cherry_max_length, cfg.cherry_prompt],
-        "iterit": [cfg.iterit_max_length, cfg.iterit_strip_output, iterit_template(cfg)],
-    }[method]
-    return version_hash(method, scorer.identity(), params)
+def method_settings(method: ScoreMethod, config) -> object:
+    """The method's own settings model out of the flat config (validated again: pure code gets its type)."""
+    values = config.model_dump(exclude={"methods"})
+    return method.settings.model_validate({k: v for k, v in values.items() if k in method.settings.model_fields})
 
 
-HISTOGRAMS = {
-    "ifd_ppl": "Superfiltering IFD (PPL ratio)", "avg_noisy_ifd": "T-SHIRT mean noisy IFD", "ifd_loss": "Cherry IFD (loss ratio)",
-    "iterit_ifd": "IterIT IFD (chat template)", "deita_score": "DEITA score (sum of complexity x quality)",
-}
+def code_version(config: dict | None = None, resources: dict | None = None, methods: dict[str, ScoreMethod] | None = None) -> str:
+    """Dagster's code version of instance_scores for this run config (and resource config): the
+    chosen methods' VERSIONs and settings, and the scorers' model settings. A fix in a method's
+    math (a VERSION bump) or a changed setting changes it, so the UI shows every shard stale and
+    the automation refreshes them; the row caches then recompute exactly the affected method."""
+    methods = SCORE_METHODS if methods is None else methods
+    cfg = config_class(methods).model_validate(config or {})
+    models = {key: dict((resources or {}).get(key) or {}) for key in {m.model for m in methods.values() if m.model}}
+    parts = [(name, methods[name].settings_key(method_settings(methods[name], cfg)), models.get(methods[name].model)) for name in chosen_methods(cfg)]
+    return version_hash(parts)
 
 
-def _metadata(scores: pl.DataFrame, rows: pl.DataFrame, stats: dict, scorer: CausalLMScorerResource, deita_scorers: DeitaScorersResource, cfg: InstanceScoresConfig) -> dict:
+def _metadata(scores: pl.DataFrame, rows: pl.DataFrame, stats: dict, versions: dict, models: dict, chosen: list[ScoreMethod], config) -> dict:
     meta = {
         "dagster/row_count": scores.height,
-        "config": dg.MetadataValue.json(cfg.model_dump()),
-        "cache": ui.md(pl.DataFrame([{"method": m, **s} for m, s in stats.items()])),
+        "config": dg.MetadataValue.json({**config.model_dump(mode="json", exclude={"methods"}), "methods": chosen_methods(config)}),
+        "cache": ui.md(pl.DataFrame([{"method": m, **s, "version": versions[m]} for m, s in stats.items()])),
+        "dagster/column_schema": dg.TableSchema(columns=[
+            dg.TableColumn(name, str(c.dtype), description=f"{m.name}: {c.description}") for m in chosen for name, c in m.columns.items()
+        ]),
     }
-    if set(cfg.methods) - {"deita"}:
-        meta["scorer"] = dg.MetadataValue.json({**scorer.identity(), "device": scorer.device, "token_budget": scorer.token_budget})
-    if "deita" in cfg.methods:
-        meta["deita_scorers"] = dg.MetadataValue.json(deita_scorers.identity())
-    for column, title in HISTOGRAMS.items():
-        if column in scores.columns:
-            values = scores[column].drop_nans().drop_nulls()
-            meta[f"{column}_histogram"] = ui.histogram({column: values.to_numpy()}, title, column)
-            meta[f"{column}_nan_rows"] = scores.height - values.len()
+    for key, identity in models.items():
+        meta[key] = dg.MetadataValue.json(identity)
+    for m in chosen:
+        for column, title in m.histograms.items():
+            if column in scores.columns:
+                values = scores[column].drop_nans().drop_nulls()
+                meta[f"{column}_histogram"] = ui.histogram({column: values.to_numpy()}, title, column)
+                meta[f"{column}_nan_rows"] = scores.height - values.len()
     if "ifd_ppl" in scores.columns:
         view = scores.select("row_id", "ifd_ppl").join(rows.select("row_id", "instruction", "response"), on="row_id").filter(pl.col("ifd_ppl").is_not_nan())
         valid = view.filter(pl.col("ifd_ppl") < 1)
         meta["highest_ifd_below_1"] = ui.md(valid.sort("ifd_ppl", descending=True).head(5), 70)
         meta["lowest_ifd"] = ui.md(view.sort("ifd_ppl").head(5), 70)
-    notes = [c for c in ("ifd_note", "tshirt_note", "cherry_skip") if c in scores.columns]
+    notes = [c for m in chosen for c in m.notes if c in scores.columns]
     if notes:
         reasons = pl.concat([scores.select(pl.lit(c).alias("column"), pl.col(c).alias("reason")).drop_nulls("reason") for c in notes])
         meta["notes"] = ui.md(reasons.group_by("column", "reason").len().sort("len", descending=True))
     return meta
 
 
-@dg.asset(
-    partitions_def=pool_shards,
-    group_name="scores",
-    kinds={"parquet", "polars", "pytorch"},
-    pool="gpu",
-    automation_condition=shard_refresh(),
-    description="Per canonical row: IFD-family scores (Superfiltering, T-SHIRT, Cherry, IterIT) and DEITA's complexity and quality, cached per model and method version.",
-)
-def instance_scores(
-    context: dg.AssetExecutionContext,
-    config: InstanceScoresConfig,
-    raw_pool: pl.LazyFrame,
-    scorer: CausalLMScorerResource,
-    deita_scorers: DeitaScorersResource,
-    storage: CurationStorage,
-) -> dg.MaterializeResult:
-    unknown = set(config.methods) - set(METHOD_NAMES)
-    if unknown:
-        raise dg.Failure(f"unknown score methods {sorted(unknown)}; known: {list(METHOD_NAMES)}")
-    rows = raw_pool.filter(pl.col("duplicate_of").is_null()).select("row_id", "instruction", "input", "response", "messages").collect()
-    scores = rows.select("row_id")
-    stats = {}
-    for method in config.methods:
-        def compute(chunk: pl.DataFrame, method=method) -> pl.DataFrame:
-            if method == "deita":
-                return _deita_columns(chunk, deita_scorers)
-            tokenizer, model = scorer.load() if chunk.height else (None, None)  # loaded once per process (cached)
-            return _columns(method, chunk, model, tokenizer, config, scorer.token_budget)
+def build_asset(config: dict | None = None, resources: dict | None = None, methods: dict[str, ScoreMethod] | None = None) -> dg.AssetsDefinition:
+    """The instance_scores asset over `methods` (default: the registry as it is now), its code
+    version computed from `config` and `resources` (the project's run and resource config)."""
+    methods = dict(SCORE_METHODS if methods is None else methods)
+    Config = config_class(methods)
 
-        result, s = compute_missing(
-            rows, storage.row_cache(f"instance_scores/{method}", method_version(method, scorer, config, deita_scorers)), compute,
-            chunk_rows=config.chunk_rows, log=lambda m, method=method: context.log.info(f"{method}: {m}"),
-        )
-        stats[method] = {"reused": s.reused, "computed": s.computed}
-        scores = scores.join(result, on="row_id", how="left", maintain_order="left")
-    return dg.MaterializeResult(value=scores, metadata=_metadata(scores, rows, stats, scorer, deita_scorers, config))
+    @dg.asset(
+        name="instance_scores",
+        partitions_def=pool_shards,
+        group_name="scores",
+        kinds={"parquet", "polars", "pytorch"},
+        pool="gpu",
+        code_version=code_version(config, resources, methods),
+        automation_condition=shard_refresh(),
+        description="Per canonical row, the registered score methods: " + "; ".join(f"{m.name} ({m.description})" for m in methods.values())
+        + ". Cached per row under each method's VERSION, settings and model.",
+    )
+    def instance_scores(
+        context: dg.AssetExecutionContext,
+        config: Config,
+        raw_pool: pl.LazyFrame,
+        scorer: CausalLMScorerResource,
+        deita_scorers: DeitaScorersResource,
+        storage: CurationStorage,
+    ) -> dg.MaterializeResult:
+        models = {"scorer": scorer, "deita_scorers": deita_scorers}
+        rows = raw_pool.filter(pl.col("duplicate_of").is_null()).select(*ROW_COLUMNS).collect()
+        scores = rows.select("row_id")
+        stats, versions, identities = {}, {}, {}
+        for name in chosen_methods(config):
+            method = methods[name]
+            model = models[method.model] if method.model else None
+            try:
+                settings = method_settings(method, config)
+                identity = model.identity() if model is not None else None
+                versions[name] = method.cache_version(settings, identity)
+            except ValueError as exc:
+                raise dg.Failure(f"score method {name}: {exc}") from exc
+            if method.model:
+                identities[method.model] = identity
+
+            def compute(chunk: pl.DataFrame, method=method, settings=settings, model=model) -> pl.DataFrame:
+                if chunk.is_empty():  # no model call: the method's columns only
+                    return method.empty()
+                try:
+                    out = method.compute(chunk, settings, model)
+                except ValueError as exc:
+                    raise dg.Failure(f"score method {method.name}: {exc}") from exc
+                if out.height != chunk.height or out.columns != list(method.schema()):
+                    raise dg.Failure(f"score method {method.name} returned {out.height} rows with columns {out.columns}; expected {chunk.height} rows with {list(method.schema())}")
+                return out
+
+            result, s = compute_missing(
+                rows, storage.row_cache(f"instance_scores/{name}", versions[name], context.log.warning), compute,
+                chunk_rows=config.chunk_rows, log=lambda m, name=name: context.log.info(f"{name}: {m}"),
+            )
+            stats[name] = {"reused": s.reused, "computed": s.computed}
+            scores = scores.join(result, on="row_id", how="left", maintain_order="left")
+        return dg.MaterializeResult(value=scores, metadata=_metadata(scores, rows, stats, versions, identities, [methods[m] for m in chosen_methods(config)], config))
+
+    return instance_scores
+
+
+instance_scores = build_asset()
 
 
 # --------------------------------------------------------------------------- TACOS comparative scores
@@ -281,7 +231,7 @@ def comparative_scores(
         {"first": [p.first for p in plan], "second": [p.second for p in plan]}, schema={"first": pl.String, "second": pl.String}
     ).unique(maintain_order=True).with_columns((pl.col("first") + "|" + pl.col("second")).alias("row_id"))
     judged, stats = compute_missing(
-        pairs, storage.row_cache("comparative_scores", version), lambda chunk: _judge(chunk, texts, judge),
+        pairs, storage.row_cache("comparative_scores", version, context.log.warning), lambda chunk: _judge(chunk, texts, judge),
         chunk_rows=config.chunk_pairs, keep=lambda r: r["error"].is_null(), log=context.log.info,
     )
     by_pair = {k: v for k, *v in judged.iter_rows()}

@@ -67,7 +67,7 @@ def open_tags(
     context: dg.AssetExecutionContext, config: OpenTagsConfig, raw_pool: pl.LazyFrame, tagger: TaggerResource, storage: CurationStorage
 ) -> dg.MaterializeResult:
     rows = raw_pool.filter(pl.col("duplicate_of").is_null()).select("row_id", "instruction", "input").collect()
-    cache = storage.row_cache("open_tags", tagger.version())
+    cache = storage.row_cache("open_tags", tagger.version(), context.log.warning)
     tags, stats = compute_missing(
         rows,
         cache,

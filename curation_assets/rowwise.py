@@ -34,6 +34,9 @@ def compute_missing(
     Rows already in `cache` are reused; the others go to `compute` in chunks of `chunk_rows`, and
     each chunk's results are cached as soon as it finishes. `keep` picks the results worth caching
     (e.g. not the failed ones, so that a later run retries them); all results are returned.
+    When all chunks are done, their parts are compacted into one. A cached part that cannot be
+    read is quarantined by the cache (and named in a warning through its `warn`): its rows are
+    computed again.
     """
     cached = cache.lookup(rows["row_id"])
     todo = rows if cached is None else rows.join(cached.select("row_id"), on="row_id", how="anti")
@@ -43,6 +46,8 @@ def compute_missing(
         cache.append(result.filter(keep(result)) if keep is not None else result)
         parts.append(result)
         log(f"computed {min(start + chunk_rows, todo.height)}/{todo.height} rows")
+    if todo.height or cache.loose:
+        cache.compact()
     reused = rows.height - todo.height
     if not parts:  # nothing to do: an empty result with the right columns
         parts = [compute(rows.head(0))]

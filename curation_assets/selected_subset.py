@@ -1,85 +1,94 @@
-"""selected_subset and selection_reasons: one strategy, chosen in config, picks the training subset
-from the whole pool; every candidate gets a row saying why it was or was not picked."""
+"""selected_subset and selection_reasons: one registered strategy (methods/registry.py), chosen in
+config, picks the training subset from the whole pool; every candidate gets a row saying why it
+was or was not picked."""
+
+from typing import Union
 
 import dagster as dg
 import numpy as np
 import polars as pl
-from pydantic import Field
+from pydantic import Field, create_model
 
 from curation_assets import ui
 from curation_assets.automation import global_refresh, global_table
+from curation_assets.method_config import strategy_config_class
+from curation_assets.methods.explain import budget_rule, explain
 from curation_assets.methods.export import export_subset
-from curation_assets.methods.ingest import IngestOptions, ingest_file, load_options
+from curation_assets.methods.plugin import Budget, Candidates, Strategy, version_hash
+from curation_assets.methods.registry import SCORE_METHODS, STRATEGIES, offered_scores
 from curation_assets.methods.selection import instag_metrics, resolve_budget
-from curation_assets.methods.strategies import STRATEGIES, Candidates
-from curation_assets.methods.tag_normalization import rule_normalize
-from curation_assets.methods.tree import ancestors, ground_vectors
-from curation_assets.normalized_tags import all_shards, pool_rows, shard_frames
+from curation_assets.methods.tree import ancestors
 from curation_assets.rowwise import cached_encode
+from curation_assets.shards import all_shards, pool_rows, shard_frames
 from resources.models import EmbedderResource
 from resources.scorer import CausalLMScorerResource
 from resources.storage import CurationStorage
 from resources.tagger import TaggerResource
 
-SCORE_COLUMNS = ["ifd_ppl", "tshirt_ifd", "avg_noisy_ifd", "ifd_loss", "iterit_ifd", "deita_score", "comparative_score", "avg_noisy_sifd", "std_noisy_sifd"]
+DEFAULT_STRATEGY = "tags"
+COMMON_KEYS = ("budget", "neighbours")  # settings of the selection itself, outside any strategy's
 
 
-class SelectionConfig(dg.Config):
-    """The strategy and its settings; defaults follow the research notes (research/*.md)."""
-
-    strategy: str = Field("tags", description=f"One of {sorted(STRATEGIES)}.")
-    budget: float = Field(0.05, description="A fraction of the pool (<= 1) or a number of rows (> 1).")
-    seed: int = Field(0, description="Seed of the random strategy.")
-    # TAGS
-    tags_gain: str = Field("exact_lazy", description="tags: exact_lazy (exact gains, CELF) or mig_linear (MIG's first-order gain, every row each step).")
-    quality_score: str | None = Field(None, description="tags: score used as quality q(x); null = 1 for every row.")
-    quality_transform: str = Field("minmax", description="tags: minmax (the notes' \"scaled to [0,1]\"), percentile (pool rank, robust to outliers) or raw.")
-    complexity_factor: bool = Field(False, description="tags: multiply q by 1 + log(1 + leaves) (InsTag complexity).")
-    gamma: float = Field(1.0, description="tags: discount of a leaf's mass per level up the tree.")
-    level_weights: dict[str, float] = Field({}, description="tags: node weight per depth (default 1).")
-    target_file: str | None = Field(None, description="tags: prompts of the target domain, any format raw_pool reads.")
-    target_leaves: list[str] = Field([], description="tags: node labels of the target domain (their leaves share the mass).")
-    kl_lambda: float = Field(1.0, description="tags: weight of the KL alignment term (after per-step normalization).")
-    kl_eps: float = Field(1e-3, description="tags: add-epsilon smoothing of the leaf distributions.")
-    kl_backoff: float = Field(0.2, description="tags: share of a target leaf's parent mass spread to its siblings.")
-    tau: float = Field(0.75, description="tags: a target tag less similar than this to every leaf grounds on an internal node.")
-    # TACOS
-    quota_mode: str = Field("equal", description="tacos: equal (TACOS), proportional, sqrt or global.")
-    per_cluster: int | None = Field(None, description="tacos: rows per cluster (TACOS: 20); null = budget / clusters.")
-    fill_quota: bool = Field(True, description="tacos: give quota small clusters leave unused to the best other rows.")
-    tacos_aggregation: str = Field("raw", description="tacos: raw (TACOS: each item's score beside its partner) or bradley_terry (strengths fitted on the implied wins).")
-    # T-SHIRT
-    tshirt_ratio: float = Field(0.5, description="tshirt: share of tokens kept by the global threshold (k).")
-    tshirt_pool_factor: int = Field(2, description="tshirt: the quality stage keeps this x budget rows.")
-    # DEITA
-    deita_keys: list[str] = Field(["deita_score"], description="deita: scores multiplied into the sort key (DEITA: deita_score, complexity x quality).")
-    deita_threshold: float = Field(0.9, description="deita: reject a row whose cosine to a kept row is above this.")
-    deita_batch_size: int = Field(1, description="deita: the reference's batch semantics when > 1.")
-    # IterIT, Superfiltering, top-k
-    iterit_gamma: float = Field(0.1, description="iterit: n-gram weight decay per selected response.")
-    iterit_eos: str | None = Field(None, description="iterit: EOS string appended to each response document; null = the scorer tokenizer's.")
-    ifd_threshold: float = Field(1.0, description="superfiltering: keep IFD below this.")
-    score: str = Field("ifd_ppl", description="top_k: the score to rank by.")
-    descending: bool = Field(True, description="top_k: higher is better.")
-    score_below: float | None = Field(None, description="top_k: keep only scores below this.")
-    neighbours: bool = Field(True, description="Report each row's nearest already-selected row (embeddings).")
+def config_class(strategies: dict[str, Strategy] | None = None) -> type[dg.Config]:
+    """selected_subset's run config: `budget`, `neighbours` and `strategy: {<name>: {settings}}`,
+    one typed settings class per registered strategy (a discriminated union on `strategy`)."""
+    strategies = STRATEGIES if strategies is None else strategies
+    members = {name: strategy_config_class(s) for name, s in strategies.items()}
+    default = members[DEFAULT_STRATEGY] if DEFAULT_STRATEGY in members else next(iter(members.values()))
+    return create_model(
+        "SelectionConfig",
+        __base__=dg.Config,
+        __doc__="The strategy and its settings; defaults follow the research notes (research/*.md).",
+        budget=(float, Field(0.05, description="A fraction of the pool (<= 1) or a number of rows (> 1).")),
+        neighbours=(bool, Field(True, description="Report each row's nearest already-selected row (embeddings).")),
+        strategy=(Union[tuple(members.values())], Field(default(), discriminator="strategy", description="One of " + ", ".join(members) + ", with its settings.")),
+    )
 
 
-def budget_rule(cfg: SelectionConfig, pool: int, budget: int) -> str:
-    if cfg.budget <= 1:
-        return f"{cfg.budget:.4g} of {pool:,} candidates = {budget:,} rows"
-    return f"{budget:,} rows requested of {pool:,} candidates"
+SelectionConfig = config_class()
 
 
-def load_candidates(context, storage: CurationStorage, normalized_tags: pl.DataFrame, comparisons: pl.DataFrame, strategy: str) -> pl.DataFrame:
+def nested_config(flat: dict, strategies: dict[str, Strategy] | None = None) -> dict:
+    """The run config of the earlier flat form (`strategy: tags`, `budget: 0.1`, `tags_gain: ...`
+    side by side) in the nested form `strategy: {tags: {tags_gain: ...}}`. Keys of other
+    strategies are dropped (they never had an effect); a key of no strategy is an error."""
+    strategies = STRATEGIES if strategies is None else strategies
+    if not isinstance(flat.get("strategy", DEFAULT_STRATEGY), str):
+        return flat
+    name = flat.get("strategy", DEFAULT_STRATEGY)
+    if name not in strategies:
+        raise ValueError(f"unknown strategy {name!r}; choose one of {sorted(strategies)}")
+    own = strategies[name].settings.model_fields
+    known = set(COMMON_KEYS) | {"strategy"} | {k for s in strategies.values() for k in s.settings.model_fields}
+    unknown = sorted(set(flat) - known)
+    if unknown:
+        raise ValueError(f"selected_subset: unknown settings {unknown} (strategy {name!r} takes {sorted(own)})")
+    settings = {k: v for k, v in flat.items() if k in own}
+    return {**{k: flat[k] for k in COMMON_KEYS if k in flat}, "strategy": {name: settings}}
+
+
+def strategy_settings(strategy: Strategy, config) -> object:
+    return strategy.settings.model_validate(config.strategy.model_dump(exclude={"strategy"}))
+
+
+def code_version(config: dict | None = None, strategies: dict[str, Strategy] | None = None) -> str:
+    """Dagster's code version of selected_subset for this run config: the strategy's VERSION and
+    settings and the budget (changed scores make it stale through instance_scores itself)."""
+    strategies = STRATEGIES if strategies is None else strategies
+    cfg = config_class(strategies).model_validate(nested_config(config or {}, strategies))
+    strategy = strategies[cfg.strategy.strategy]
+    return version_hash(strategy.settings_key(strategy_settings(strategy, cfg)), cfg.budget, cfg.neighbours)
+
+
+def load_candidates(context, storage: CurationStorage, normalized_tags: pl.DataFrame, comparisons: pl.DataFrame, strategy: Strategy) -> pl.DataFrame:
     """Canonical rows in pool order with their scores, canonical tags, clusters and mean comparative score."""
     pool = pool_rows(shard_frames(context, storage, "raw_pool")).select(
         "row_id", "instruction", "input", "response", "messages", "system_prompt", "source_partition", "source_file", "source_row", "shape"
     ).collect()
     scores = shard_frames(context, storage, "instance_scores")
     if scores is not None:
-        # Per-token columns are large: only T-SHIRT reads its noisy copies' token differences.
-        heavy = ["tshirt_d"] + ([] if strategy == "tshirt" else ["noisy_d"])
+        # Per-token columns are large: only the strategies that read them load them.
+        heavy = [c for m in SCORE_METHODS.values() for c in m.heavy if c not in strategy.reads]
         scores = scores.select(pl.exclude(heavy)).unique("row_id", keep="first")
         pool = pool.join(scores.collect(), on="row_id", how="left", maintain_order="left")
     if normalized_tags is not None and not normalized_tags.is_empty():
@@ -90,203 +99,65 @@ def load_candidates(context, storage: CurationStorage, normalized_tags: pl.DataF
     return pool
 
 
-def target_leaf_mass(cfg: SelectionConfig, nodes: pl.DataFrame, vocabulary: pl.DataFrame, tagger: TaggerResource, embed, log) -> dict[int, float]:
-    """p̂_T over leaves (tags-tacos.md §2.7): each target prompt x gives each node its tags ground
-    on 1/|nodes of x| (a node inside the tree shares that over its leaves), summed and divided by
-    |D_T|, the prompts with no grounded tag included. A target_leaves list counts as one prompt."""
-    leaf_of_label = dict(zip(nodes.filter(pl.col("is_leaf"))["label"], nodes.filter(pl.col("is_leaf"))["node_id"]))
-    below = {node: [leaf_of_label[t] for t in members if t in leaf_of_label] for node, members in zip(nodes["node_id"], nodes["member_tags"])}
-    target_sets: list[set[int]] = []  # grounded nodes per target prompt
-    if cfg.target_leaves:
-        label_node = dict(zip(nodes["label"], nodes["node_id"]))
-        missing = [t for t in cfg.target_leaves if t not in label_node]
-        if missing:
-            raise dg.Failure(f"target_leaves not in the tree: {missing[:10]}")
-        target_sets.append({label_node[t] for t in cfg.target_leaves})
-    if cfg.target_file:
-        prompts = read_target_prompts(cfg.target_file)
-        results = tagger.tag(prompts)
-        stem = vocabulary["stem"][0] if vocabulary.height else "word"
-        by_raw = dict(zip(vocabulary["raw_tag"], vocabulary["tree_tag"]))
-        by_key = {k: t for k, t in zip(vocabulary["normalized"], vocabulary["tree_tag"]) if t is not None}
-        leaf_label = {t: by_raw.get(t) or by_key.get(rule_normalize(t, stem)) for r in results for t in (x["tag"] for x in r.value or [])}
-        unknown = sorted(t for t, label in leaf_label.items() if label not in leaf_of_label)
-        grounded = {}
-        if unknown:
-            ids, _ = ground_vectors(embed([t.lower() for t in unknown]), nodes, cfg.tau)
-            grounded = {t: int(i) for t, i in zip(unknown, ids.tolist()) if i >= 0}
+def build_asset(config: dict | None = None, strategies: dict[str, Strategy] | None = None) -> dg.AssetsDefinition:
+    """The selected_subset multi-asset over `strategies` (default: the registry as it is now), its
+    code version computed from `config` (the project's run config for selected_subset)."""
+    strategies = dict(STRATEGIES if strategies is None else strategies)
+    Config = config_class(strategies)
 
-        def node_of(tag: str) -> int | None:
-            return leaf_of_label[leaf_label[tag]] if leaf_label[tag] in leaf_of_label else grounded.get(tag)
-
-        target_sets += [{node_of(x["tag"]) for x in r.value or []} - {None} for r in results]
-        log(f"target: {len(prompts)} prompts, {len(unknown)} tags outside the tree grounded by similarity")
-    mass: dict[int, float] = {}
-    for grounded_nodes in target_sets:
-        for node in grounded_nodes:
-            leaves = below[node] or [node]
-            for leaf in leaves:
-                mass[leaf] = mass.get(leaf, 0.0) + 1.0 / (len(grounded_nodes) * len(leaves) * len(target_sets))
-    if not mass:
-        raise dg.Failure("no tag of the target prompts could be grounded on the tree: KL alignment has no target")
-    return mass
-
-
-def read_target_prompts(path: str) -> list[str]:
-    """The prompts of a target file in any format raw_pool reads (responses not needed)."""
-    import tempfile
-    from pathlib import Path
-
-    opts = load_options(path, IngestOptions(allow_empty_response=True))
-    with tempfile.TemporaryDirectory() as tmp:
-        summary = ingest_file(path, opts, partition="target", source_file=Path(path).name, staging_dir=tmp)
-        prompts = [p for part in summary.pool_parts for p in pl.read_parquet(part)["instruction"].to_list()]
-    if not prompts:
-        raise dg.Failure(f"target file {path} holds no readable prompts")
-    return prompts
-
-
-def nearest_selected(embeddings: np.ndarray, order: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """For each row, the most similar row picked before it (for picked rows) or picked at all."""
-    import faiss
-
-    n = len(embeddings)
-    nearest, sims = np.full(n, -1, dtype=np.int64), np.full(n, np.nan)
-    if not order:
-        return nearest, sims
-    picked = np.asarray(order)
-    index = faiss.IndexFlatIP(embeddings.shape[1])
-    index.add(np.ascontiguousarray(embeddings[picked], dtype=np.float32))
-    rank = np.full(n, np.iinfo(np.int64).max)
-    rank[picked] = np.arange(len(picked))
-    k = min(len(picked), 64)
-    s, idx = index.search(np.ascontiguousarray(embeddings, dtype=np.float32), k)
-    earlier = (idx >= 0) & (idx < rank[:, None])  # hits picked before the row (any, for unpicked rows)
-    first = earlier.argmax(axis=1)  # hits come most similar first
-    has = earlier[np.arange(n), first]
-    nearest[has] = picked[idx[has, first[has]]]
-    sims[has] = s[has, first[has]]
-    return nearest, sims
-
-
-def percentiles(values: np.ndarray) -> np.ndarray:
-    ok = ~np.isnan(values)
-    out = np.full(len(values), np.nan)
-    if ok.any():
-        out[ok] = 100.0 * pl.Series(values[ok]).rank("max").to_numpy() / ok.sum()
-    return out
-
-
-SCORE_STRUCT = pl.List(pl.Struct({"name": pl.String, "value": pl.Float64, "percentile": pl.Float64}))
-
-
-def score_lists(values: dict[str, np.ndarray], n: int) -> pl.Series:
-    """Per row, [{name, value, percentile}] for each score the row has (NaN left out), in key order."""
-    if not values:
-        return pl.Series([[]] * n, dtype=SCORE_STRUCT)
-    long = pl.concat([
-        pl.DataFrame({"i": np.arange(n), "name": [k] * n, "value": v.astype(np.float64), "percentile": percentiles(v)}) for k, v in values.items()
-    ]).filter(pl.col("value").is_not_nan())
-    per_row = long.group_by("i", maintain_order=True).agg(pl.struct("name", "value", "percentile").alias("scores"))
-    out = pl.DataFrame({"i": np.arange(n)}).join(per_row, on="i", how="left", maintain_order="left")["scores"]
-    return out.fill_null(pl.lit([], dtype=SCORE_STRUCT)).cast(SCORE_STRUCT)
-
-
-def tree_paths(rows: pl.DataFrame, memberships: pl.DataFrame | None, nodes: pl.DataFrame | None) -> list[str | None]:
-    if memberships is None or nodes is None or nodes.is_empty():
-        return [None] * rows.height
-    label = dict(zip(nodes["node_id"], nodes["label"]))
-    paths = ancestors(nodes)
-    text = {leaf: " > ".join(label[n] for n in paths[leaf]) for leaf in nodes.filter(pl.col("is_leaf"))["node_id"]}
-    by_row = memberships.group_by("row_id").agg(pl.col("node_id"))
-    lookup = dict(zip(by_row["row_id"], by_row["node_id"]))
-    return [" | ".join(text[x] for x in lookup[r]) if r in lookup else None for r in rows["row_id"]]
-
-
-@dg.multi_asset(
-    outs={
-        "selected_subset": global_table("The selected rows in rank order, with their conversations and sources."),
-        "selection_reasons": global_table("One row per candidate: selected or not, rank, scores with percentiles, tree path, gain, reason, nearest selected row."),
-    },
-    deps=all_shards("raw_pool", "instance_scores"),
-    group_name="selection",
-)
-def selected_subset(
-    context: dg.AssetExecutionContext,
-    config: SelectionConfig,
-    normalized_tags: pl.DataFrame,
-    tag_vocabulary: pl.DataFrame,
-    knowledge_tree: pl.DataFrame,
-    tree_memberships: pl.DataFrame,
-    comparative_scores: pl.DataFrame,
-    embedder: EmbedderResource,
-    tagger: TaggerResource,
-    scorer: CausalLMScorerResource,
-    storage: CurationStorage,
-):
-    if config.strategy not in STRATEGIES:
-        raise dg.Failure(f"unknown strategy {config.strategy!r}; choose one of {sorted(STRATEGIES)}")
-    rows = load_candidates(context, storage, normalized_tags, comparative_scores, config.strategy)
-    budget = resolve_budget(config.budget, rows.height) if rows.height else 0
-    cache = storage.row_cache("embeddings", embedder.version())
-    embed = lambda texts: cached_encode(texts, embedder.encode, cache)  # noqa: E731
-    candidates = Candidates(rows, tree_memberships, knowledge_tree, comparative_scores, embed, eos_token=scorer.eos_token)
-    if config.strategy == "tags" and (config.target_file or config.target_leaves):
-        candidates.target_leaf_mass = target_leaf_mass(config, knowledge_tree, tag_vocabulary, tagger, embed, context.log.info)
-    try:
-        picked = STRATEGIES[config.strategy](candidates, budget, config)
-    except ValueError as exc:
-        raise dg.Failure(f"strategy {config.strategy}: {exc}") from exc
-    budget = budget if picked.budget is None else picked.budget
-    rule = picked.budget_rule or budget_rule(config, rows.height, budget)
-    context.log.info(f"{config.strategy}: {len(picked.order)} of {rows.height} rows picked ({rule})")
-    reasons = explain(candidates, picked, config, budget, rule, embed)
-    subset = (
-        reasons.filter(pl.col("selected")).select("row_id", "rank").join(rows, on="row_id").sort("rank")
-        .select("row_id", "rank", "system_prompt", "messages", "instruction", "input", "response", "source_file", "source_row", "source_partition")
-        .with_columns(pl.lit(config.strategy).alias("strategy"))
+    @dg.multi_asset(
+        name="selected_subset",
+        outs={
+            "selected_subset": global_table("The selected rows in rank order, with their conversations and sources."),
+            "selection_reasons": global_table("One row per candidate: selected or not, rank, scores with percentiles, tree path, gain, reason, nearest selected row."),
+        },
+        deps=all_shards("raw_pool", "instance_scores"),
+        group_name="selection",
+        code_version=code_version(config, strategies),
     )
-    yield dg.Output(subset, "selected_subset", metadata={**_subset_metadata(subset, reasons, candidates, config, rule), **picked.summary})
-    yield dg.Output(reasons, "selection_reasons", metadata=_reasons_metadata(reasons))
+    def selected_subset(
+        context: dg.AssetExecutionContext,
+        config: Config,
+        normalized_tags: pl.DataFrame,
+        tag_vocabulary: pl.DataFrame,
+        knowledge_tree: pl.DataFrame,
+        tree_memberships: pl.DataFrame,
+        comparative_scores: pl.DataFrame,
+        embedder: EmbedderResource,
+        tagger: TaggerResource,
+        scorer: CausalLMScorerResource,
+        storage: CurationStorage,
+    ):
+        strategy = strategies[config.strategy.strategy]
+        settings = strategy_settings(strategy, config)
+        rows = load_candidates(context, storage, normalized_tags, comparative_scores, strategy)
+        try:
+            budget = Budget(resolve_budget(config.budget, rows.height) if rows.height else 0, config.budget, rows.height)
+        except ValueError as exc:
+            raise dg.Failure(str(exc)) from exc
+        cache = storage.row_cache("embeddings", embedder.version(), context.log.warning)
+        embed = lambda texts: cached_encode(texts, embedder.encode, cache)  # noqa: E731
+        candidates = Candidates(rows, tree_memberships, knowledge_tree, comparative_scores, tag_vocabulary, embed, tagger.tag, scorer.eos_token, context.log.info)
+        try:
+            picked = strategy.pick(candidates, budget, settings)
+        except ValueError as exc:
+            raise dg.Failure(f"strategy {strategy.name}: {exc}") from exc
+        n_budget = budget.rows if picked.budget is None else picked.budget
+        rule = picked.budget_rule or budget_rule(config.budget, rows.height, n_budget)
+        context.log.info(f"{strategy.name}: {len(picked.order)} of {rows.height} rows picked ({rule})")
+        reasons = explain(candidates, picked, strategy, n_budget, rule, offered_scores() + ["comparative_score"], config.neighbours)
+        subset = (
+            reasons.filter(pl.col("selected")).select("row_id", "rank").join(rows, on="row_id").sort("rank")
+            .select("row_id", "rank", "system_prompt", "messages", "instruction", "input", "response", "source_file", "source_row", "source_partition")
+            .with_columns(pl.lit(strategy.name).alias("strategy"))
+        )
+        yield dg.Output(subset, "selected_subset", metadata={**_subset_metadata(subset, reasons, candidates, config, strategy, rule), **picked.summary})
+        yield dg.Output(reasons, "selection_reasons", metadata=_reasons_metadata(reasons))
+
+    return selected_subset
 
 
-def explain(c: Candidates, picked, cfg: SelectionConfig, budget: int, rule: str, embed) -> pl.DataFrame:
-    n = c.n
-    rank = np.full(n, -1, dtype=np.int64)
-    rank[picked.order] = np.arange(1, len(picked.order) + 1)
-    selected = rank > 0
-    values = {k: c.column(k) for k in SCORE_COLUMNS if k in c.rows.columns}
-    values.update({k: v for k, v in picked.extra.items() if k in SCORE_COLUMNS})
-    score_structs = score_lists(values, n)
-    nearest, nearest_sim = (np.full(n, -1), np.full(n, np.nan))
-    if cfg.neighbours and n and picked.order:
-        nearest, nearest_sim = nearest_selected(c.embeddings(), picked.order)
-    ids = c.rows["row_id"].to_list()
-    reason = [
-        f"selected: rank {rank[i]} of {len(picked.order)}, {picked.gain_name} {picked.gain[i]:.4g}" if selected[i] else picked.reason.get(i, "not selected")
-        for i in range(n)
-    ]
-    frame = pl.DataFrame({
-        "row_id": ids,
-        "selected": selected,
-        "rank": pl.Series([int(r) if r > 0 else None for r in rank], dtype=pl.Int64),
-        "strategy": [cfg.strategy] * n,
-        "budget_rule": [rule] * n,
-        "budget": [budget] * n,
-        "eligible": [i not in picked.ineligible for i in range(n)],
-        "gain_name": [picked.gain_name] * n,
-        "gain": picked.gain,
-        "kl_contribution": picked.kl if picked.kl is not None else np.full(n, np.nan),
-        "reason": reason,
-        "scores": score_structs,
-        "tree_path": tree_paths(c.rows, c.memberships, c.nodes),
-        "canonical_tags": c.rows["canonical_tags"] if "canonical_tags" in c.rows.columns else [None] * n,
-        "nearest_selected": [ids[j] if j >= 0 else None for j in nearest],
-        "nearest_similarity": nearest_sim,
-        "source_file": c.rows["source_file"],
-        "source_row": c.rows["source_row"],
-    }, strict=False)
-    return frame.with_columns(pl.col("gain").fill_nan(None), pl.col("kl_contribution").fill_nan(None), pl.col("nearest_similarity").fill_nan(None))
+selected_subset = build_asset()
 
 
 def _coverage(reasons: pl.DataFrame, c: Candidates) -> tuple[dict, dg.MetadataValue | None]:
@@ -318,15 +189,15 @@ def _coverage(reasons: pl.DataFrame, c: Candidates) -> tuple[dict, dg.MetadataVa
     return stats, ui.png_md(fig, "leaf coverage")
 
 
-def _subset_metadata(subset: pl.DataFrame, reasons: pl.DataFrame, c: Candidates, cfg: SelectionConfig, rule: str) -> dict:
+def _subset_metadata(subset: pl.DataFrame, reasons: pl.DataFrame, c: Candidates, cfg, strategy: Strategy, rule: str) -> dict:
     stats, picture = _coverage(reasons, c)
     sample = pl.concat([reasons.filter(pl.col("selected")).sort("rank").head(8), reasons.filter(~pl.col("selected")).head(7)])
     meta = {
         "dagster/row_count": subset.height,
         "candidates": c.n,
         "budget": rule,
-        "strategy": cfg.strategy,
-        "config": dg.MetadataValue.json(cfg.model_dump()),
+        "strategy": strategy.name,
+        "config": dg.MetadataValue.json(cfg.model_dump(mode="json")),
         "reasons_sample": ui.md(sample.select("row_id", "selected", "rank", "gain", "reason", "tree_path", "nearest_similarity"), 60),
         **stats,
     }

@@ -76,7 +76,9 @@ def story(storage: CurationStorage, key: str, width: int = 100) -> str:
         for s in reasons["scores"]:
             lines.append(f"  {s['name']:<18} {s['value']:.4g}  (percentile {s['percentile']:.0f} of the pool)")
     elif scores:
-        for k in ("ifd_ppl", "tshirt_ifd", "avg_noisy_ifd", "ifd_loss", "iterit_ifd"):
+        from curation_assets.methods.registry import offered_scores
+
+        for k in offered_scores():
             if k in scores and scores[k] is not None:
                 lines.append(f"  {k:<18} {scores[k]:.4g}")
     else:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import os
 import random
 from collections.abc import Callable
@@ -19,16 +18,11 @@ from typing import Any, Literal
 
 import dagster as dg
 import httpx
-import orjson
 from pydantic import Field
 
+from curation_assets.methods.chat import Messages, ParseError  # noqa: F401  (re-exported for the clients)
+from curation_assets.methods.plugin import version_hash  # noqa: F401
 from resources.models import ModelNotAvailableError, pick_device, resolve_model_path
-
-Messages = list[dict[str, str]]
-
-
-class ParseError(ValueError):
-    """The model answered, but not in the expected format."""
 
 
 @dataclass
@@ -77,10 +71,6 @@ class ChatModelResource(dg.ConfigurableResource):
         if self.backend == "openai":
             return asyncio.run(_openai_generate(self, conversations, parse))
         return _transformers_generate(self, conversations, parse)
-
-
-def version_hash(*parts: Any) -> str:
-    return hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- OpenAI-compatible

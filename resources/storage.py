@@ -15,6 +15,8 @@ import orjson
 import polars as pl
 from pydantic import Field
 
+from resources.row_cache import RowCache
+
 
 def default_home() -> str:
     """`$CURATION_HOME`, else `.curation` in the working directory (git-ignored)."""
@@ -87,9 +89,10 @@ class CurationStorage(dg.ConfigurableResource):
             )
         return orjson.loads(path.read_bytes())
 
-    def row_cache(self, stage: str, version: str) -> "RowCache":
+    def row_cache(self, stage: str, version: str, warn=None) -> RowCache:
+        """Per-row results of `stage` under `version`; `warn` hears about quarantined parts."""
         # Path-safe: a ':' would read as a URL scheme to the Parquet readers.
-        return RowCache(self.cache / stage / re.sub(r"[^\w.-]", "_", version))
+        return RowCache(self.cache / stage / re.sub(r"[^\w.-]", "_", version), warn)
 
     @contextmanager
     def staging(self, name: str) -> Iterator[Path]:
@@ -100,38 +103,3 @@ class CurationStorage(dg.ConfigurableResource):
             yield path
         finally:
             shutil.rmtree(path, ignore_errors=True)
-
-
-class RowCache:
-    """Per-row results of one stage under one method version: `<cache>/<stage>/<version>/*.parquet`.
-
-    Keyed by `row_id`, so a row seen in any earlier shard or run is never computed twice, and a new
-    version (model or method config) starts an empty folder: exactly the affected results go stale.
-    Results are appended in small parts as they are computed, so an interrupted run resumes where
-    it stopped.
-    """
-
-    def __init__(self, root: Path):
-        self.root = root
-
-    def _files(self) -> list[str]:
-        return sorted(str(p) for p in self.root.glob("*.parquet")) if self.root.is_dir() else []
-
-    def lookup(self, row_ids: pl.Series) -> pl.DataFrame | None:
-        """Cached rows for `row_ids` (one per row_id), or None when nothing is cached yet."""
-        files = self._files()
-        if not files:
-            return None
-        # A filter, not a semi join: polars 1.44 panics on semi joins that return no rows when a
-        # column is a fixed-size array (cached embeddings).
-        hits = pl.scan_parquet(files).filter(pl.col("row_id").is_in(row_ids.unique().implode())).collect()
-        return hits.unique("row_id", keep="first", maintain_order=True) if hits.height else hits
-
-    def append(self, rows: pl.DataFrame) -> None:
-        if rows.is_empty():
-            return
-        self.root.mkdir(parents=True, exist_ok=True)
-        name = f"{uuid.uuid4().hex}.parquet"
-        tmp = self.root / f".{name}.tmp"
-        rows.write_parquet(tmp, compression="zstd")
-        os.replace(tmp, self.root / name)

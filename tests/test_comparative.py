@@ -73,7 +73,7 @@ def test_bradley_terry_orders_by_wins_and_solves_its_likelihood_equations():
 
 
 def test_bradley_terry_counts_each_call_once_and_odd_leftovers_too():
-    from curation_assets.methods.strategies import bradley_terry_strengths
+    from curation_assets.methods.tacos import bradley_terry_strengths
 
     # Cluster 0: a beat b (both rows kept); c is the odd leftover, judged beside a and kept alone.
     judged = pl.DataFrame(

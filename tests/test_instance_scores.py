@@ -101,13 +101,13 @@ def test_changed_model_makes_scores_stale(tmp_path, resources, instance):
 
 
 def test_iterit_template_setting(tmp_path):
-    from curation_assets.instance_scores import InstanceScoresConfig, iterit_template
     from curation_assets.methods.ifd import LLAMA31_TEMPLATE
+    from curation_assets.methods.iterit import IterITSettings, chat_template
 
-    assert iterit_template(InstanceScoresConfig()) is None  # the scorer's own
-    assert iterit_template(InstanceScoresConfig(iterit_chat_template="llama-3.1")) == LLAMA31_TEMPLATE
+    assert chat_template(IterITSettings()) is None  # the scorer's own
+    assert chat_template(IterITSettings(iterit_chat_template="llama-3.1")) == LLAMA31_TEMPLATE
     custom = tmp_path / "chat.jinja"
     custom.write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
-    assert iterit_template(InstanceScoresConfig(iterit_chat_template=str(custom))) == custom.read_text()
-    with pytest.raises(dg.Failure, match="neither"):
-        iterit_template(InstanceScoresConfig(iterit_chat_template="llama-9"))
+    assert chat_template(IterITSettings(iterit_chat_template=str(custom))) == custom.read_text()
+    with pytest.raises(ValueError, match="neither"):
+        chat_template(IterITSettings(iterit_chat_template="llama-9"))

@@ -11,7 +11,10 @@ import pytest
 from curation_assets import cli
 from curation_assets.definitions import build_definitions
 from curation_assets.headless import RunConfig, run_graph
-from curation_assets.methods import strategies
+import dataclasses
+
+from curation_assets.methods import generic, registry, tacos
+from curation_assets.selected_subset import nested_config
 from openai_stub import stub_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +40,7 @@ def select(graph, resources=None, **settings):
     job = defs.resolve_implicit_global_asset_job_def()
     result = job.execute_in_process(
         instance=instance, asset_selection=SELECTION_KEYS, raise_on_error=False,
-        run_config={"ops": {"selected_subset": {"config": settings}}, "loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        run_config={"ops": {"selected_subset": {"config": nested_config(settings)}}, "loggers": {"console": {"config": {"log_level": "WARNING"}}}},
     )
     return result
 
@@ -154,7 +157,7 @@ def test_tacos_strategy_with_a_local_judge(graph):
         assert reasons.filter(pl.col("selected"))["gain_name"].unique().to_list() == ["comparative score"]
         assert select(graph, resources=judge, strategy="tacos", budget=12, quota_mode="global", tacos_aggregation="bradley_terry").success
     # The stub always prefers the first response; globally, Bradley-Terry keeps the 12 strongest rows.
-    strength = strategies.bradley_terry_strengths(pl.read_parquet(home / "assets" / "comparative_scores.parquet"))
+    strength = tacos.bradley_terry_strengths(pl.read_parquet(home / "assets" / "comparative_scores.parquet"))
     subset, reasons = tables(graph)
     chosen = set(subset["row_id"])
     assert subset.height == 12
@@ -163,24 +166,36 @@ def test_tacos_strategy_with_a_local_judge(graph):
 
 
 def test_broken_strategy_fails_the_blocking_checks(graph, monkeypatch):
-    real = strategies.pick_random
+    real = generic.pick_random
 
     def doubled(c, budget, cfg):
         picked = real(c, budget, cfg)
         picked.order = picked.order[:-1] + picked.order[:1]  # one row twice, budget kept
         return picked
 
-    monkeypatch.setitem(strategies.STRATEGIES, "random", doubled)
+    monkeypatch.setitem(registry.STRATEGIES, "random", dataclasses.replace(generic.RANDOM, pick=doubled))
     result = select(graph, strategy="random", budget=8)
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks["budget_met"] is False and not result.success
 
 
-def test_unknown_strategy_or_missing_inputs_fail_clearly(graph):
-    result = select(graph, strategy="magic", budget=5)
-    assert not result.success
-    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    assert "unknown strategy" in failure.event_specific_data.error.message
+def test_unknown_strategy_or_setting_is_a_config_error(graph):
+    """Each strategy's settings are typed config: a wrong strategy or setting name, or a value
+    outside its choices, is rejected by Dagster's run-config validation before any step runs."""
+    config, instance, _ = graph
+    job = build_definitions(home=config.home, resource_config=config.resources).resolve_implicit_global_asset_job_def()
+    for bad, message in (
+        ({"strategy": {"magic": {}}}, 'unexpected config entry "magic"'),
+        ({"strategy": {"tags": {"tags_gian": "exact_lazy"}}}, 'unexpected config entry "tags_gian"'),
+        ({"strategy": {"tags": {"tags_gain": "exact"}}}, "not in enum type"),
+        ({"strategy": {"random": {"seed": 1}}, "budgett": 3}, 'unexpected config entry "budgett"'),
+    ):
+        with pytest.raises(dg.DagsterInvalidConfigError, match=message):
+            job.execute_in_process(instance=instance, asset_selection=SELECTION_KEYS, run_config={"ops": {"selected_subset": {"config": bad}}})
+    with pytest.raises(ValueError, match="unknown strategy 'magic'"):
+        nested_config({"strategy": "magic", "budget": 5})
+    with pytest.raises(ValueError, match=r"unknown settings \['tags_gian'\]"):
+        nested_config({"strategy": "tags", "tags_gian": "exact_lazy"})
 
 
 def test_export_and_why(graph, capsys):

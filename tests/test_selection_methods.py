@@ -190,14 +190,15 @@ def test_target_distribution_smoothing_and_backoff():
 
 
 def test_target_leaf_mass_shares_each_prompt_over_its_grounded_nodes():
-    from curation_assets.selected_subset import SelectionConfig, target_leaf_mass
+    from curation_assets.methods.plugin import Candidates
+    from curation_assets.methods.tags import TagsSettings, target_leaf_mass
 
     # root 0 -> inner 1 (leaves 3, 4, 5) and leaf 2; a leaf list naming leaf 2 and node 1 is one prompt.
     nodes = pl.DataFrame({
         "node_id": [0, 1, 2, 3, 4, 5], "label": ["root", "inner", "x", "a", "b", "c"], "is_leaf": [False, False, True, True, True, True],
         "member_tags": [["x", "a", "b", "c"], ["a", "b", "c"], ["x"], ["a"], ["b"], ["c"]],
     })
-    mass = target_leaf_mass(SelectionConfig(target_leaves=["x", "inner"]), nodes, pl.DataFrame(), None, None, print)
+    mass = target_leaf_mass(Candidates(pl.DataFrame({"row_id": []}), nodes=nodes, vocabulary=pl.DataFrame()), TagsSettings(target_leaves=["x", "inner"]))
     assert mass == pytest.approx({2: 0.5, 3: 1 / 6, 4: 1 / 6, 5: 1 / 6})
 
 
@@ -244,7 +245,7 @@ def test_deita_blocks_keep_the_row_at_a_time_answer(block):
 
 
 def test_score_lists_keep_each_rows_scores_with_pool_percentiles():
-    from curation_assets.selected_subset import score_lists
+    from curation_assets.methods.explain import score_lists
 
     values = {"a": np.array([0.5, np.nan, 2.0, 1.0]), "b": np.array([np.nan, np.nan, 3.0, 1.0])}
     assert score_lists(values, 4).to_list() == [
@@ -257,7 +258,7 @@ def test_score_lists_keep_each_rows_scores_with_pool_percentiles():
 
 
 def test_nearest_selected_is_the_most_similar_row_picked_before():
-    from curation_assets.selected_subset import nearest_selected
+    from curation_assets.methods.explain import nearest_selected
 
     unit = lambda deg: [np.cos(np.radians(deg)), np.sin(np.radians(deg))]  # noqa: E731
     emb = np.array([unit(0), unit(10), unit(50), unit(95)], dtype=np.float32)

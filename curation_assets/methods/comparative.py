@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from resources.llm import Messages, ParseError
+from curation_assets.methods.chat import Messages, ParseError
 
 # The AlpaGasus system message that TACOS's scorer sends (quoted in the research notes).
 JUDGE_SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."

@@ -290,3 +290,8 @@ def samples_from_rows(instructions, inputs, responses, messages) -> list[Sample]
         context = [{"role": t["role"], "content": t["content"]} for t in turns[:last_user]]
         samples.append(Sample(turns[last_user]["content"], "", response, context))
     return samples
+
+
+def samples_of(rows) -> list[Sample]:
+    """Samples of a frame with instruction, input, response and messages (a raw_pool view)."""
+    return samples_from_rows(rows["instruction"], rows["input"], rows["response"], rows["messages"].to_list())

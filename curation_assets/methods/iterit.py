@@ -27,8 +27,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+from pathlib import Path
+
 import numpy as np
+import polars as pl
 import torch
+from pydantic import Field
+
+from curation_assets.methods.ifd import ITERIT_TEMPLATES, iterit_ifd, samples_of
+from curation_assets.methods.plugin import Budget, Candidates, Column, Picked, ScoreMethod, Settings, Strategy, empty_gain, unpicked
+
+VERSION = "1"
 
 
 def greedy_order(
@@ -137,38 +146,128 @@ class IterITSelection:
         self.history.append({"epoch": epoch, "rescored": count, "selected": list(self.order[: self.n])})
 
 
-def _trainer_callback_base():
+def __getattr__(name: str):
+    # The callback subclasses transformers' TrainerCallback: built on first use, so that importing
+    # this module (for the score and the strategy) does not load transformers.
+    if name == "IterITCallback":
+        global IterITCallback
+        IterITCallback = _callback_class()
+        return IterITCallback
+    raise AttributeError(name)
+
+
+def _callback_class():
     from transformers import TrainerCallback
 
-    return TrainerCallback
+    class IterITCallback(TrainerCallback):
+        """Re-selects the training subset before every epoch with the current model.
+
+        `score_rows(model, row_ids)` returns IterIT IFDs (bf16-stored values) for rows of the full set;
+        `initial_scores` (e.g. instance_scores' iterit_ifd) replaces the first full scoring pass.
+        The Trainer must be given `selection.view` as train_dataset and `dataloader_num_workers=0`
+        (worker processes would keep a stale copy of the selection).
+        """
+
+        def __init__(self, selection: IterITSelection, score_rows: Callable, initial_scores: np.ndarray | None = None):
+            self.selection, self.score_rows, self.initial_scores = selection, score_rows, initial_scores
+            self.epoch = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if getattr(args, "dataloader_num_workers", 0):
+                raise ValueError("IterITCallback needs dataloader_num_workers=0: workers would keep a stale selection")
+            self.epoch = 0
+
+        def on_epoch_begin(self, args, state, control, model=None, **kwargs):
+            if self.epoch == 0 and self.initial_scores is not None:
+                self.selection.update(0, lambda rows: np.asarray(self.initial_scores, dtype=np.float32)[rows])
+            else:
+                was_training = model.training
+                model.eval()
+                try:
+                    self.selection.update(self.epoch, lambda rows: np.asarray(self.score_rows(model, rows), dtype=np.float32))
+                finally:
+                    model.train(was_training)
+            self.epoch += 1
+
+    return IterITCallback
 
 
-class IterITCallback(_trainer_callback_base()):
-    """Re-selects the training subset before every epoch with the current model.
+# --------------------------------------------------------------------------- plugins
 
-    `score_rows(model, row_ids)` returns IterIT IFDs (bf16-stored values) for rows of the full set;
-    `initial_scores` (e.g. instance_scores' iterit_ifd) replaces the first full scoring pass.
-    The Trainer must be given `selection.view` as train_dataset and `dataloader_num_workers=0`
-    (worker processes would keep a stale copy of the selection).
-    """
 
-    def __init__(self, selection: IterITSelection, score_rows: Callable, initial_scores: np.ndarray | None = None):
-        self.selection, self.score_rows, self.initial_scores = selection, score_rows, initial_scores
-        self.epoch = 0
+class IterITSettings(Settings):
+    iterit_max_length: int | None = Field(None, description="IterIT truncation; null = the model's max positions.")
+    iterit_chat_template: str = Field("model", description="IterIT chat template: model (the scorer's own), llama-3.1 (IterIT's train.py), or a Jinja file.")
+    iterit_strip_output: bool = Field(True, description="Strip responses before the chat template (fixes the reference's |trim pitfall).")
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        if getattr(args, "dataloader_num_workers", 0):
-            raise ValueError("IterITCallback needs dataloader_num_workers=0: workers would keep a stale selection")
-        self.epoch = 0
 
-    def on_epoch_begin(self, args, state, control, model=None, **kwargs):
-        if self.epoch == 0 and self.initial_scores is not None:
-            self.selection.update(0, lambda rows: np.asarray(self.initial_scores, dtype=np.float32)[rows])
-        else:
-            was_training = model.training
-            model.eval()
-            try:
-                self.selection.update(self.epoch, lambda rows: np.asarray(self.score_rows(model, rows), dtype=np.float32))
-            finally:
-                model.train(was_training)
-        self.epoch += 1
+def chat_template(s: IterITSettings) -> str | None:
+    """The Jinja text of the template setting (None: the scorer's own)."""
+    if s.iterit_chat_template == "model":
+        return None
+    if s.iterit_chat_template in ITERIT_TEMPLATES:
+        return ITERIT_TEMPLATES[s.iterit_chat_template]
+    path = Path(s.iterit_chat_template)
+    if not path.is_file():
+        raise ValueError(f"iterit_chat_template {s.iterit_chat_template!r} is neither model, one of {sorted(ITERIT_TEMPLATES)}, nor a file")
+    return path.read_text()
+
+
+def compute(rows: pl.DataFrame, s: IterITSettings, scorer) -> pl.DataFrame:
+    tokenizer, model = scorer.load()
+    max_len = s.iterit_max_length or int(getattr(model.config, "max_position_embeddings", 8192))
+    r = iterit_ifd(model, tokenizer, samples_of(rows), max_length=max_len, token_budget=scorer.token_budget,
+                   strip_output=s.iterit_strip_output, chat_template=chat_template(s))
+    return pl.DataFrame({
+        "row_id": rows["row_id"],
+        "iterit_cl": [x.cl for x in r],
+        "iterit_pl": [x.pl for x in r],
+        "iterit_ifd": [x.ifd_bf16 for x in r],
+        "iterit_ifd_fp32": [x.ifd for x in r],
+        "iterit_answer_tokens": [x.answer_tokens for x in r],
+    }, schema=ITERIT_SCORE.schema())
+
+
+ITERIT_SCORE = ScoreMethod(
+    name="iterit",
+    description="IterIT IFD under a chat template, stored as bf16",
+    settings=IterITSettings,
+    version=VERSION,
+    columns={
+        "iterit_cl": Column(pl.Float64, "Mean answer loss given the conversation (chat template)."),
+        "iterit_pl": Column(pl.Float64, "Mean answer loss alone (chat template)."),
+        "iterit_ifd": Column(pl.Float64, "IterIT IFD = exp(cl) / exp(pl), rounded to bf16 as IterIT stores it."),
+        "iterit_ifd_fp32": Column(pl.Float64, "The same IFD before the bf16 rounding."),
+        "iterit_answer_tokens": Column(pl.Int32, "Answer tokens scored."),
+    },
+    compute=compute,
+    offers=("iterit_ifd",),
+    histograms={"iterit_ifd": "IterIT IFD (chat template)"},
+    extra_key=chat_template,  # the template's text, so an edited template file re-scores
+)
+
+
+class IterITStrategySettings(Settings):
+    iterit_gamma: float = Field(0.1, description="N-gram weight decay per selected response.")
+    iterit_eos: str | None = Field(None, description="EOS string appended to each response document; null = the scorer tokenizer's.")
+
+
+def pick(c: Candidates, budget: Budget, s: IterITStrategySettings) -> Picked:
+    scores = c.column("iterit_ifd").astype(np.float32)
+    eos = s.iterit_eos if s.iterit_eos is not None else c.eos_token() if c.eos_token else ""  # IterIT: output + tokenizer.eos_token
+    docs = [r + eos for r in c.rows["response"].to_list()]
+    order = greedy_order(scores, docs, range(c.n), c.n, budget.rows, gamma=s.iterit_gamma)
+    picked = [i for i in order[: budget.rows] if scores[i] < 1]
+    gain = empty_gain(c.n)
+    gain[picked] = scores[picked]
+    reason = {i: ("IFD >= 1" if scores[i] >= 1 else "no IFD" if np.isnan(scores[i]) else "diversity-weighted score below the budget") for i in unpicked(c.n, picked)}
+    return Picked(picked, gain, "IterIT IFD", reason, {i for i in range(c.n) if not scores[i] < 1})
+
+
+ITERIT = Strategy(
+    name="iterit",
+    description="IterIT: IFD x TF-IDF diversity greedy over the responses plus the scorer's EOS.",
+    settings=IterITStrategySettings,
+    version=VERSION,
+    pick=pick,
+)

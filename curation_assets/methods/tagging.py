@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import orjson
 
-from resources.llm import Messages, ParseError
+from curation_assets.methods.chat import Messages, ParseError
 
 INSTAG_SYSTEM = (
     "You are a helpful assistant. Identify the intentions of the user in the query below, give each "

@@ -33,8 +33,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from curation_assets.methods.ifd import Sample, Tokens, plain_prompt
+import polars as pl
+from pydantic import Field
+
+from curation_assets.methods.ifd import Sample, Tokens, plain_prompt, samples_of
+from curation_assets.methods.plugin import Budget, Candidates, Column, Picked, ScoreMethod, Settings, Strategy, empty_gain
 from curation_assets.methods.token_losses import LossRequest, mean_or_nan, token_losses
+
+VERSION = "1"
 
 
 @dataclass
@@ -207,3 +213,94 @@ def top_k(values, k: int, below_one: bool = False) -> list[int]:
     `below_one` (the plain IFD baseline) only values < 1 count. Ties: the larger index first."""
     valid = [(float(v), i) for i, v in enumerate(values) if not np.isnan(v) and (not below_one or v < 1)]
     return [i for _, i in heapq.nlargest(k, valid)]
+
+
+# --------------------------------------------------------------------------- plugins
+
+
+class TshirtSettings(Settings):
+    max_length: int = Field(1024, description="ifd and tshirt truncation length (Superfiltering, T-SHIRT: 1024).")
+    tshirt_copies: int = Field(30, description="Noisy neighbours per row (T-SHIRT uses 30).")
+    tshirt_alpha: float = Field(5.0, description="Noise scale alpha (T-SHIRT: 5).")
+    seed: int = Field(42, description="Seed of the T-SHIRT noise (combined with each row_id).")
+
+
+def compute(rows: pl.DataFrame, s: TshirtSettings, scorer) -> pl.DataFrame:
+    tokenizer, model = scorer.load()
+    r = noisy_scores(model, tokenizer, samples_of(rows), rows["row_id"].to_list(), copies=s.tshirt_copies, alpha=s.tshirt_alpha, seed=s.seed,
+                     max_length=s.max_length, token_budget=scorer.token_budget)
+    return pl.DataFrame({
+        "row_id": rows["row_id"],
+        "noisy_ifd": [x.noisy_ifd.tolist() for x in r],
+        "noisy_d": [[d.tolist() for d in x.noisy_d] for x in r],
+        "avg_noisy_ifd": [float(np.mean(x.noisy_ifd)) for x in r],
+        "std_noisy_ifd": [float(np.std(x.noisy_ifd)) for x in r],
+        "tshirt_note": [x.error for x in r],
+    }, schema=TSHIRT_SCORE.schema())
+
+
+TSHIRT_SCORE = ScoreMethod(
+    name="tshirt",
+    description="T-SHIRT noisy neighbours: IFD and per-token differences under embedding noise",
+    settings=TshirtSettings,
+    version=VERSION,
+    columns={
+        "noisy_ifd": Column(pl.List(pl.Float64), "IFD of each noisy copy."),
+        "noisy_d": Column(pl.List(pl.List(pl.Float32)), "Per-token differences l^c_t - l^u_t of each noisy copy."),
+        "avg_noisy_ifd": Column(pl.Float64, "Mean IFD over the noisy copies."),
+        "std_noisy_ifd": Column(pl.Float64, "Standard deviation of the noisy copies' IFD."),
+        "tshirt_note": Column(pl.String, "Why a row has no T-SHIRT score."),
+    },
+    compute=compute,
+    offers=("avg_noisy_ifd",),
+    histograms={"avg_noisy_ifd": "T-SHIRT mean noisy IFD"},
+    notes=("tshirt_note",),
+    heavy=("noisy_d",),
+)
+
+
+class TshirtStrategySettings(Settings):
+    tshirt_ratio: float = Field(0.5, description="Share of tokens kept by the global threshold (k).")
+    tshirt_pool_factor: int = Field(2, description="The quality stage keeps this x budget rows.")
+
+
+def pick(c: Candidates, budget: Budget, s: TshirtStrategySettings) -> Picked:
+    if "noisy_d" not in c.rows.columns:
+        raise ValueError("the tshirt strategy needs instance_scores with the tshirt method")
+    k = budget.rows
+    noisy_ifd = [np.asarray(v if v is not None else [], dtype=np.float64) for v in c.rows["noisy_ifd"].to_list()]
+    noisy_d = [[np.asarray(d, dtype=np.float32) for d in (v or [])] for v in c.rows["noisy_d"].to_list()]
+    stats = tshirt_statistics(noisy_ifd, noisy_d, s.tshirt_ratio)
+    picked = hierarchical_top_k(stats.avg_noisy_ifd, stats.avg_noisy_sifd, stats.std_noisy_sifd, k, s.tshirt_pool_factor)
+    gain = empty_gain(c.n)
+    gain[picked] = stats.std_noisy_sifd[picked]
+    pool = set(hierarchical_top_k(stats.avg_noisy_ifd, stats.avg_noisy_sifd, stats.std_noisy_sifd, s.tshirt_pool_factor * k, 1))
+    reason, ineligible = {}, set()
+    chosen = set(picked)
+    for i in range(c.n):
+        if i in chosen:
+            continue
+        if np.isnan(stats.avg_noisy_ifd[i]) or np.isnan(stats.avg_noisy_sifd[i]):
+            reason[i] = "no T-SHIRT score (empty, one-token or over-long row)"
+            ineligible.add(i)
+        elif stats.avg_noisy_ifd[i] >= 1:
+            reason[i] = f"mean noisy IFD {stats.avg_noisy_ifd[i]:.4g} >= 1"
+            ineligible.add(i)
+        elif i not in pool:
+            reason[i] = f"mean S-IFD {stats.avg_noisy_sifd[i]:.4g} not in the top {s.tshirt_pool_factor}K"
+        else:
+            reason[i] = f"S-IFD std {stats.std_noisy_sifd[i]:.4g} not among the K smallest"
+    extra = {"avg_noisy_sifd": stats.avg_noisy_sifd, "std_noisy_sifd": stats.std_noisy_sifd, "tshirt_tau": np.full(c.n, stats.tau)}
+    return Picked(picked, gain, "S-IFD std over neighbours", reason, ineligible, extra=extra)
+
+
+TSHIRT = Strategy(
+    name="tshirt",
+    description="T-SHIRT hierarchical top-k: the pool_factor x K highest mean S-IFD, then the K steadiest over neighbours.",
+    settings=TshirtStrategySettings,
+    version=VERSION,
+    pick=pick,
+    fills=frozenset({"gain", "eligible", "scores"}),
+    reports={"avg_noisy_sifd": "Mean S-IFD over the noisy neighbours.", "std_noisy_sifd": "S-IFD standard deviation over the neighbours."},
+    reads=("noisy_d",),
+)
