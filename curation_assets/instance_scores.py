@@ -266,11 +266,8 @@ def comparative_scores(
         empty = pl.DataFrame(schema=COMPARISON_SCHEMA)
         return dg.MaterializeResult(value=empty, metadata={"dagster/row_count": 0, "judge": "disabled"})
     # TACOS lists each cluster's members, and the clusters, in the order label sets first appear.
-    reps = normalized_tags.filter(pl.col("labelset_representative")).sort("labelset_first_seen", maintain_order=True).select("row_id", "clusters")
-    members: dict[int, list[str]] = {}
-    for row_id, clusters in reps.iter_rows():
-        for c in clusters:
-            members.setdefault(int(c), []).append(row_id)
+    reps = normalized_tags.filter(pl.col("labelset_representative")).sort("labelset_first_seen", maintain_order=True).select("row_id", "clusters_in_tag_order")
+    members = comparative.cluster_members(reps.iter_rows())
     plan = comparative.plan_comparisons(members, rounds=config.rounds, both_orders=config.both_orders, seed=config.seed)
     # The judge sees instruction + input, concatenated as api_score_pairs.py does.
     judged_text = pl.concat_str(pl.col("instruction"), pl.col("input").fill_null(""))

@@ -11,7 +11,8 @@ import pytest
 
 from conftest import land
 from curation_assets.instance_scores import JudgeResource, comparative_scores
-from curation_assets.methods.comparative import bradley_terry, pair_messages, parse_pair_scores, plan_comparisons
+from curation_assets.methods import selection
+from curation_assets.methods.comparative import bradley_terry, cluster_members, pair_messages, parse_pair_scores, plan_comparisons
 from curation_assets.normalized_tags import normalized_tags
 from curation_assets.open_tags import open_tags
 from curation_assets.raw_pool import raw_pool
@@ -56,6 +57,34 @@ def test_pairing_plan():
     assert (2, "p", "q", (True, True)) in faithful and not any(c == 1 for c, *_ in faithful)  # a cluster of one: no partner
     swapped = plan_comparisons({0: ["a", "b"]}, rounds=2, both_orders=True, seed=0)
     assert [(p.round, p.first, p.second) for p in swapped][:2] == [(0, "a", "b"), (0, "b", "a")] and len(swapped) == 4
+
+
+def tacos_label_map(representatives):
+    """tag_process.py step 2 restated: for each representative (in file order) and each of its tags
+    in order, append the row to its tag's label unless it is there already."""
+    label_tag_dict = {}
+    for row, tag_labels in representatives:
+        for label in tag_labels:
+            if label not in label_tag_dict:
+                label_tag_dict[label] = [row]
+            elif row not in label_tag_dict[label]:
+                label_tag_dict[label].append(row)
+    return label_tag_dict
+
+
+def test_clusters_follow_the_order_of_a_rows_tags():
+    # The first representative's tags lie in clusters 7 then 3: TACOS's map lists cluster 7 first,
+    # so 7 is judged first and, at equal size, its budget visit comes first.
+    reps = [("a", [7, 3]), ("b", [3, 7]), ("c", [3])]
+    members = cluster_members(reps)
+    assert list(members.items()) == list(tacos_label_map(reps).items()) == [(7, ["a", "b"]), (3, ["a", "b", "c"])]
+    plan = plan_comparisons({7: ["a", "b"], 3: ["a", "b"]})
+    assert [p.cluster for p in plan] == [7, 3]
+    # Cluster 7 (judged first) takes row a; sorted labels would visit cluster 3 first and take a there.
+    scores = {"a": 90, "b": 80}
+    judged = [(["a", "b"].index(r), p.cluster, scores[r]) for p in plan for r in (p.first, p.second)]
+    result = selection.tacos_select(judged, budget=2, per_cluster=1, fill=False)
+    assert result.selected == [0, 1] and result.picked_in == {0: 7, 1: 3}
 
 
 def test_bradley_terry_orders_by_wins_and_solves_its_likelihood_equations():

@@ -87,6 +87,18 @@ class Comparison:
     keep: tuple[bool, bool] = (True, True)
 
 
+def cluster_members(representatives) -> dict[int, list[str]]:
+    """TACOS's cluster map (tag_process.py, step 2): walk the label-set representatives in the order
+    their sets first appear, and each one's clusters in the order of its tags (not sorted); a
+    cluster's members, and the clusters themselves, follow first appearance. `representatives`
+    yields (row_id, clusters in tag order)."""
+    members: dict[int, list[str]] = {}
+    for row_id, clusters in representatives:
+        for c in clusters:
+            members.setdefault(int(c), []).append(row_id)
+    return members
+
+
 def plan_comparisons(members: dict[int, list[str]], *, rounds: int = 1, both_orders: bool = False, seed: int = 0) -> list[Comparison]:
     """Pairs per cluster, clusters in the given order. Round 0 is TACOS's: consecutive pairs in the
     given member order (the order in which label sets first appear in the pool); later
