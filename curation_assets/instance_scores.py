@@ -2,6 +2,7 @@
 comparative_scores: TACOS judge scores within tag clusters for the whole pool."""
 
 from enum import Enum
+from typing import Literal
 
 import dagster as dg
 import polars as pl
@@ -186,10 +187,16 @@ class ComparativeScoresConfig(dg.Config):
     both_orders: bool = Field(False, description="Also score every pair in swapped order (position-bias averaging).")
     seed: int = Field(0, description="Seed of the re-pairings and of the odd leftover's partner.")
     chunk_pairs: int = Field(256, description="Judge calls per cached chunk.")
+    parser: Literal["robust", "reference"] = Field(
+        "robust",
+        description="robust: the prompt filled once, odd leftovers paired, unparseable answers re-asked (never 0); "
+        "reference: TACOS exactly (chained replacement, odd last item dropped, regex '[Response k] Score: n', missing = 0).",
+    )
 
 
-def _judge(pairs: pl.DataFrame, texts: dict[str, tuple[str, str]], judge: JudgeResource) -> pl.DataFrame:
-    results = judge.generate([comparative.pair_messages(texts[a], texts[b]) for a, b in zip(pairs["first"], pairs["second"])], comparative.parse_pair_scores)
+def _judge(pairs: pl.DataFrame, texts: dict[str, tuple[str, str]], judge: JudgeResource, reference: bool = False) -> pl.DataFrame:
+    parse = comparative.parse_pair_scores_reference if reference else comparative.parse_pair_scores
+    results = judge.generate([comparative.pair_messages(texts[a], texts[b], chained=reference) for a, b in zip(pairs["first"], pairs["second"])], parse)
     return pairs.select("row_id").with_columns(
         pl.Series("score_first", [r.value[0] if r.ok else None for r in results], dtype=pl.Float64),
         pl.Series("score_second", [r.value[1] if r.ok else None for r in results], dtype=pl.Float64),
@@ -216,22 +223,20 @@ def comparative_scores(
         empty = pl.DataFrame(schema=COMPARISON_SCHEMA)
         return dg.MaterializeResult(value=empty, metadata={"dagster/row_count": 0, "judge": "disabled"})
     # TACOS lists each cluster's members, and the clusters, in the order label sets first appear.
-    reps = normalized_tags.filter(pl.col("labelset_representative")).sort("labelset_first_seen", maintain_order=True).select("row_id", "clusters")
-    members: dict[int, list[str]] = {}
-    for row_id, clusters in reps.iter_rows():
-        for c in clusters:
-            members.setdefault(int(c), []).append(row_id)
-    plan = comparative.plan_comparisons(members, rounds=config.rounds, both_orders=config.both_orders, seed=config.seed)
+    reps = normalized_tags.filter(pl.col("labelset_representative")).sort("labelset_first_seen", maintain_order=True).select("row_id", "clusters_in_tag_order")
+    members = comparative.cluster_members(reps.iter_rows())
+    reference = config.parser == "reference"
+    plan = comparative.plan_comparisons(members, rounds=config.rounds, both_orders=config.both_orders, seed=config.seed, drop_odd=reference)
     # The judge sees instruction + input, concatenated as api_score_pairs.py does.
     judged_text = pl.concat_str(pl.col("instruction"), pl.col("input").fill_null(""))
     judged_rows = pool_rows(shard_frames(context, storage, "raw_pool")).filter(pl.col("row_id").is_in(reps["row_id"].implode()))
     texts = {r: (i, o) for r, i, o in judged_rows.select("row_id", judged_text, "response").collect().iter_rows()}
-    version = version_hash("tacos-pair", judge.generation_key(), comparative.JUDGE_SYSTEM, comparative.PAIR_PROMPT)
+    version = version_hash("tacos-pair" + ("-reference" if reference else ""), judge.generation_key(), comparative.JUDGE_SYSTEM, comparative.PAIR_PROMPT)
     pairs = pl.DataFrame(
         {"first": [p.first for p in plan], "second": [p.second for p in plan]}, schema={"first": pl.String, "second": pl.String}
     ).unique(maintain_order=True).with_columns((pl.col("first") + "|" + pl.col("second")).alias("row_id"))
     judged, stats = compute_missing(
-        pairs, storage.row_cache("comparative_scores", version, context.log.warning), lambda chunk: _judge(chunk, texts, judge),
+        pairs, storage.row_cache("comparative_scores", version, context.log.warning), lambda chunk: _judge(chunk, texts, judge, reference),
         chunk_rows=config.chunk_pairs, keep=lambda r: r["error"].is_null(), log=context.log.info,
     )
     by_pair = {k: v for k, *v in judged.iter_rows()}

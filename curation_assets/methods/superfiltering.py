@@ -60,15 +60,21 @@ IFD = ScoreMethod(
 
 class SuperfilteringSettings(Settings):
     ifd_threshold: float = Field(1.0, description="Keep IFD below this.")
+    reference_pool_size: int | None = Field(None, description="A rate budget takes int(this x rate) rows, as select_data.py's hard-coded 52002 (Alpaca); null = the rate of the candidates.")
 
 
 def pick(c: Candidates, budget: Budget, s: SuperfilteringSettings) -> Picked:
     ifd = c.column("ifd_ppl")
-    picked = rules.superfiltering(ifd, budget.rows, s.ifd_threshold)
+    # select_data.py multiplies its rate by a hard-coded 52,002 (Alpaca); reference_pool_size
+    # reproduces that count for a rate, where the default takes the rate of the candidates.
+    reference_size = s.reference_pool_size
+    own_budget = rules.superfiltering_count(budget.requested, reference_size) if reference_size and budget.fraction else None
+    picked = rules.superfiltering(ifd, budget.rows if own_budget is None else own_budget, s.ifd_threshold)
     gain = empty_gain(c.n)
     gain[picked] = ifd[picked]
     reason = {i: ("no IFD" if np.isnan(ifd[i]) else f"IFD {ifd[i]:.4g} >= {s.ifd_threshold}" if ifd[i] >= s.ifd_threshold else "IFD below the budget") for i in unpicked(c.n, picked)}
-    return Picked(picked, gain, "IFD (PPL ratio)", reason, {i for i in range(c.n) if not ifd[i] < s.ifd_threshold})
+    rule = f"int({reference_size:,} x {budget.requested:.4g}) = {own_budget:,} rows (reference_pool_size, as select_data.py)" if own_budget is not None else None
+    return Picked(picked, gain, "IFD (PPL ratio)", reason, {i for i in range(c.n) if not ifd[i] < s.ifd_threshold}, budget=own_budget, budget_rule=rule)
 
 
 SUPERFILTERING = Strategy(
