@@ -35,6 +35,7 @@ class InstanceScoresConfig(dg.Config):
     iterit_max_length: int | None = Field(None, description="IterIT truncation; null = the model's max positions.")
     iterit_chat_template: str = Field("model", description="IterIT chat template: model (the scorer's own), llama-3.1 (IterIT's train.py), or a Jinja file.")
     iterit_strip_output: bool = Field(True, description="Strip responses before the chat template (fixes the reference's |trim pitfall).")
+    iterit_add_pad: bool = Field(False, description="Score as after IterIT's train.py adds a mean-initialised [PAD] token to a tokenizer without one (shifts losses by about 1e-5 relative).")
     tshirt_copies: int = Field(30, description="Noisy neighbours per row (T-SHIRT uses 30).")
     tshirt_alpha: float = Field(5.0, description="Noise scale alpha (T-SHIRT: 5).")
     seed: int = Field(42, description="Seed of the T-SHIRT noise (combined with each row_id).")
@@ -79,7 +80,7 @@ def _columns(method: str, rows: pl.DataFrame, model, tokenizer, cfg: InstanceSco
         }, schema_overrides={"cherry_skip": pl.String})
     if method == "iterit":
         max_len = cfg.iterit_max_length or (0 if empty else int(getattr(model.config, "max_position_embeddings", 8192)))
-        r = [] if empty else iterit_ifd(model, tokenizer, samples, max_length=max_len, token_budget=budget, strip_output=cfg.iterit_strip_output, chat_template=iterit_template(cfg))
+        r = [] if empty else iterit_ifd(model, tokenizer, samples, max_length=max_len, token_budget=budget, strip_output=cfg.iterit_strip_output, chat_template=iterit_template(cfg), add_pad=cfg.iterit_add_pad)
         return pl.DataFrame({
             "row_id": ids,
             "iterit_cl": [x.cl for x in r],
@@ -136,7 +137,8 @@ def method_version(method: str, scorer: CausalLMScorerResource, cfg: InstanceSco
         "ifd": [cfg.max_length],
         "tshirt": [cfg.max_length, cfg.tshirt_copies, cfg.tshirt_alpha, cfg.seed],
         "cherry": [cfg.cherry_max_length, cfg.cherry_prompt],
-        "iterit": [cfg.iterit_max_length, cfg.iterit_strip_output, iterit_template(cfg)],
+        # The [PAD] option joins the key only when on, so results cached without it stay valid.
+        "iterit": [cfg.iterit_max_length, cfg.iterit_strip_output, iterit_template(cfg)] + (["add_pad"] if cfg.iterit_add_pad else []),
     }[method]
     return version_hash(method, scorer.identity(), params)
 
