@@ -45,6 +45,7 @@ class RawPoolConfig(dg.Config):
     """Defaults for every file; a sidecar `<file>.ingest.json` overrides them per file."""
 
     max_record_bytes: int = Field(1_000_000, description="Records larger than this go to quarantine.")
+    max_depth: int = Field(64, description="Records whose lists/objects nest deeper go to quarantine (too_deep).")
     allow_empty_response: bool = Field(False, description="Keep rows without a response (target sets).")
     strip_markers: list[str] = Field(["<|endoftext|>"], description="End markers removed from responses.")
     column_map: dict[str, str] = Field({}, description="target field -> source column or {template}.")
@@ -53,6 +54,7 @@ class RawPoolConfig(dg.Config):
     def options(self) -> IngestOptions:
         return IngestOptions(
             max_record_bytes=self.max_record_bytes,
+            max_depth=self.max_depth,
             allow_empty_response=self.allow_empty_response,
             strip_markers=list(self.strip_markers),
             column_map=dict(self.column_map),
