@@ -20,7 +20,7 @@ from curation_assets.methods.ingest import (
 from curation_assets.partitions import pool_shards
 from resources.storage import CurationStorage
 
-INGEST_VERSION = "1"
+INGEST_VERSION = "2"  # 2: control characters stripped, too_deep
 ROW_GROUP_ROWS = 20_000  # small row groups keep the streaming writes of big shards in bounded memory
 
 POOL_COLUMNS = {
