@@ -81,8 +81,51 @@ class ChatModelResource(dg.ConfigurableResource):
         if not conversations:
             return []
         if self.backend == "openai":
-            return asyncio.run(_openai_generate(self, conversations, parse))
+            key = api_key(self.api_key_env)
+            try:
+                completions = asyncio.run(_openai_generate(self, conversations, parse))
+            except Exception as exc:
+                if key and key in str(exc):
+                    # Dagster stores an escaping error's text and its cause: neither may hold the key.
+                    raise RuntimeError(redact(f"{type(exc).__name__}: {exc}", key)) from None
+                raise
+            return [redact_completion(c, key) for c in completions]
         return _transformers_generate(self, conversations, parse)
+
+
+REDACTED = "[REDACTED]"
+
+
+def api_key(env_var: str) -> str:
+    """The API key, from the environment only (never from config, so never in run config or logs)."""
+    return os.environ.get(env_var, "")
+
+
+def redact(text: str | None, secret: str) -> str | None:
+    """`text` with every occurrence of `secret` replaced: endpoints echo keys in error bodies."""
+    if not text or not secret:
+        return text
+    return text.replace(secret, REDACTED)
+
+
+def redact_completion(completion: Completion, secret: str) -> Completion:
+    """What we store of an answer (its text, its error) never carries the key."""
+    if secret:
+        completion.text = redact(completion.text, secret)
+        completion.error = redact(completion.error, secret)
+        completion.value = _redact_value(completion.value, secret)
+    return completion
+
+
+def _redact_value(value: Any, secret: str) -> Any:
+    """A parsed answer (tags, scores) with the key redacted in every string it holds."""
+    if isinstance(value, str):
+        return redact(value, secret)
+    if isinstance(value, list):
+        return [_redact_value(v, secret) for v in value]
+    if isinstance(value, dict):
+        return {k: _redact_value(v, secret) for k, v in value.items()}
+    return value
 
 
 def version_hash(*parts: Any) -> str:
@@ -115,7 +158,7 @@ def _describe(exc: BaseException, cfg: ChatModelResource) -> str:
 
 
 async def _openai_generate(cfg: ChatModelResource, conversations: list[Messages], parse) -> list[Completion]:
-    key = os.environ.get(cfg.api_key_env, "")
+    key = api_key(cfg.api_key_env)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     limits = httpx.Limits(max_connections=cfg.max_concurrency, max_keepalive_connections=cfg.max_concurrency)
     semaphore = asyncio.Semaphore(cfg.max_concurrency)
