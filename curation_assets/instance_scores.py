@@ -17,7 +17,7 @@ from curation_assets.methods.registry import SCORE_METHODS
 from curation_assets.partitions import pool_shards
 from curation_assets.rowwise import compute_missing
 from curation_assets.shards import all_shards, pool_rows, shard_frames
-from resources.llm import ChatModelResource
+from resources.llm import ENDPOINT_RETRY_POLICY, ChatModelResource
 from resources.scorer import CausalLMScorerResource, DeitaScorersResource
 from resources.storage import CurationStorage
 
@@ -209,6 +209,7 @@ def _judge(pairs: pl.DataFrame, texts: dict[str, tuple[str, str]], judge: JudgeR
     group_name="scores",
     kinds={"parquet", "polars"},
     automation_condition=global_refresh(),
+    retry_policy=ENDPOINT_RETRY_POLICY,
     description="TACOS comparative scores: one row per (row, cluster, round) judgement, 0-100, with its partner.",
 )
 def comparative_scores(

@@ -199,6 +199,7 @@ class IterITSettings(Settings):
     iterit_max_length: int | None = Field(None, description="IterIT truncation; null = the model's max positions.")
     iterit_chat_template: str = Field("model", description="IterIT chat template: model (the scorer's own), llama-3.1 (IterIT's train.py), or a Jinja file.")
     iterit_strip_output: bool = Field(True, description="Strip responses before the chat template (fixes the reference's |trim pitfall).")
+    iterit_add_pad: bool = Field(False, description="Score as after IterIT's train.py adds a mean-initialised [PAD] token to a tokenizer without one (shifts losses by about 1e-5 relative).")
 
 
 def chat_template(s: IterITSettings) -> str | None:
@@ -217,7 +218,7 @@ def compute(rows: pl.DataFrame, s: IterITSettings, scorer) -> pl.DataFrame:
     tokenizer, model = scorer.load()
     max_len = s.iterit_max_length or int(getattr(model.config, "max_position_embeddings", 8192))
     r = iterit_ifd(model, tokenizer, samples_of(rows), max_length=max_len, token_budget=scorer.token_budget,
-                   strip_output=s.iterit_strip_output, chat_template=chat_template(s))
+                   strip_output=s.iterit_strip_output, chat_template=chat_template(s), add_pad=s.iterit_add_pad)
     return pl.DataFrame({
         "row_id": rows["row_id"],
         "iterit_cl": [x.cl for x in r],
