@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dagster as dg
-from dagster_polars import PolarsParquetIOManager
 
 from curation_assets import instance_scores, knowledge_tree, normalized_tags, open_tags, selected_subset
 from curation_assets.automation import automation_sensor
 from curation_assets import raw_pool as raw_pool_module
 from resources.models import EmbedderResource
 from resources.scorer import CausalLMScorerResource, DeitaScorersResource
-from resources.storage import CurationStorage
+from resources.storage import AtomicParquetIOManager, CurationStorage
 from resources.tagger import TaggerResource
 
 
@@ -26,7 +25,7 @@ def build_resources(home: str | None = None, resource_config: dict | None = None
     if home:
         cfg.setdefault("storage", {}).setdefault("home", home)
     resources = {key: cls(**cfg.get(key, {})) for key, cls in RESOURCE_TYPES.items()}
-    resources["io_manager"] = PolarsParquetIOManager(base_dir=str(resources["storage"].assets))
+    resources["io_manager"] = AtomicParquetIOManager(base_dir=str(resources["storage"].assets))
     return resources
 
 

@@ -14,7 +14,7 @@ from curation_assets.methods import comparative, deita
 from curation_assets.methods.ifd import ITERIT_TEMPLATES, cherry_ifd, iterit_ifd, plain_ifd, samples_from_rows
 from curation_assets.methods.selection import deita_score
 from curation_assets.methods.tshirt import noisy_scores
-from curation_assets.normalized_tags import all_shards, pool_rows, shard_frames
+from curation_assets.shards import all_shards, pool_rows, shard_frames
 from curation_assets.partitions import pool_shards
 from curation_assets.rowwise import compute_missing
 from resources.llm import ChatModelResource, version_hash

@@ -7,20 +7,10 @@ from pydantic import Field
 from curation_assets import ui
 from curation_assets.automation import global_table
 from curation_assets.methods.tag_normalization import NormalizationSettings, normalize_tags
-from curation_assets.partitions import pool_shards
 from curation_assets.rowwise import cached_encode
+from curation_assets.shards import all_shards, identity_counts, pool_rows, shard_frames, skipped_shards
 from resources.models import EmbedderResource
 from resources.storage import CurationStorage
-
-def all_shards(*assets: str) -> list[dg.AssetDep]:
-    """Dependencies on every shard of per-shard assets, read from storage by `shard_frames`
-    (lazily, and the same whether there is one shard or thousands)."""
-    return [dg.AssetDep(a, partition_mapping=dg.AllPartitionMapping()) for a in assets]
-
-
-def shard_frames(context: dg.AssetExecutionContext, storage: CurationStorage, asset: str) -> pl.LazyFrame | None:
-    return storage.scan_partitions(asset, only=context.instance.get_dynamic_partitions(pool_shards.name))
-
 
 class NormalizedTagsConfig(dg.Config):
     """TACOS / InsTag normalization settings (research/tags-tacos.md §1.3, §3)."""
@@ -39,15 +29,6 @@ class NormalizedTagsConfig(dg.Config):
 
     def settings(self) -> NormalizationSettings:
         return NormalizationSettings(**self.model_dump())
-
-
-def pool_rows(raw_pool: pl.LazyFrame | None) -> pl.LazyFrame:
-    """Canonical rows of all shards, each conversation once, in pool order: landing time, then
-    partition and source row, so that rows of a newly landed file come last."""
-    if raw_pool is None:
-        return pl.LazyFrame(schema={"row_id": pl.String, "source_partition": pl.String, "source_row": pl.Int64, "landed_at": pl.String, "response_chars": pl.Int32})
-    pool = raw_pool.filter(pl.col("duplicate_of").is_null())
-    return pool.sort("landed_at", "source_partition", "source_row", nulls_last=False).unique("row_id", keep="first", maintain_order=True)
 
 
 def _metadata(rows: pl.DataFrame, vocabulary: pl.DataFrame, settings: NormalizationSettings) -> tuple[dict, dict]:
@@ -103,7 +84,8 @@ def normalized_tags(
     embedder: EmbedderResource,
     storage: CurationStorage,
 ):
-    pool = pool_rows(shard_frames(context, storage, "raw_pool")).select("row_id", "response_chars", pl.int_range(pl.len()).alias("pool_order"))
+    stored = shard_frames(context, storage, "raw_pool")
+    pool = pool_rows(stored).select("row_id", "response_chars", pl.int_range(pl.len()).alias("pool_order"))
     tags = shard_frames(context, storage, "open_tags")
     if tags is None:
         tags = pl.LazyFrame(schema={"row_id": pl.String, "status": pl.String, "tags": pl.List(pl.Struct({"tag": pl.String, "explanation": pl.String}))})
@@ -113,6 +95,8 @@ def normalized_tags(
     cache = storage.row_cache("embeddings", embedder.version())
     out, vocabulary = normalize_tags(rows, lambda texts: cached_encode(texts, embedder.encode, cache), settings)
     row_meta, vocab_meta = _metadata(out, vocabulary, settings)
+    row_meta.update(identity_counts(stored))  # cross-file duplicates are decided here (shards.py)
+    row_meta["skipped_shards"] = dg.MetadataValue.json(skipped_shards(context))
     context.log.info(f"{out.height} rows, {row_meta['vocabulary']}")
     yield dg.Output(out, "normalized_tags", metadata=row_meta)
     yield dg.Output(vocabulary, "tag_vocabulary", metadata=vocab_meta)

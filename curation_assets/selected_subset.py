@@ -14,7 +14,7 @@ from curation_assets.methods.selection import instag_metrics, resolve_budget
 from curation_assets.methods.strategies import STRATEGIES, Candidates
 from curation_assets.methods.tag_normalization import rule_normalize
 from curation_assets.methods.tree import ancestors, ground_vectors
-from curation_assets.normalized_tags import all_shards, pool_rows, shard_frames
+from curation_assets.shards import all_shards, pool_rows, shard_frames, skipped_shards
 from curation_assets.rowwise import cached_encode
 from resources.models import EmbedderResource
 from resources.scorer import CausalLMScorerResource
@@ -246,7 +246,7 @@ def selected_subset(
         .select("row_id", "rank", "system_prompt", "messages", "instruction", "input", "response", "source_file", "source_row", "source_partition")
         .with_columns(pl.lit(config.strategy).alias("strategy"))
     )
-    yield dg.Output(subset, "selected_subset", metadata={**_subset_metadata(subset, reasons, candidates, config, rule), **picked.summary})
+    yield dg.Output(subset, "selected_subset", metadata={**_subset_metadata(subset, reasons, candidates, config, rule), **picked.summary, "skipped_shards": dg.MetadataValue.json(skipped_shards(context))})
     yield dg.Output(reasons, "selection_reasons", metadata=_reasons_metadata(reasons))
 
 
