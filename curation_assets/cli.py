@@ -1,6 +1,6 @@
 """`curate`: the headless entry point.
 
-    curate run POOL... [--config FILE] [--home DIR] [--refresh]   land files and run the whole graph
+    curate run [POOL...] [--config FILE] [--home DIR] [--refresh] land files and run the whole graph
     curate why ROW [--home DIR] [--json]                            one sample's story, source to decision
     curate export [--format F ...] [--out DIR] [--home DIR]         write the subset for training
 """
@@ -35,11 +35,8 @@ def _run(args: argparse.Namespace) -> int:
         if path.exists():
             print(f"  {label + ':':<19}{path}")
     print("explain a row with: curate why <row_id or file:record>" + (f" --home {home}" if args.home or config.home else ""))
-    failed = [p for p, ok in report.shard_runs.items() if not ok]
-    if failed or report.global_run is False:
-        print(f"failed shards: {failed}" if failed else "the global run failed", file=sys.stderr)
-        return 1
-    return 0
+    print("\n" + report.summary(), file=sys.stdout if report.ok else sys.stderr)
+    return 0 if report.ok else 1
 
 
 def _why(args: argparse.Namespace) -> int:
@@ -73,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="curate", description="Instruction-data curation, headless.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="land pool files and materialize the whole graph")
-    run.add_argument("pool", nargs="+", help="pool files or folders")
+    run.add_argument("pool", nargs="*", help="pool files or folders (none: re-run the landed pool, repairing missing or unreadable outputs)")
     run.add_argument("--config", help="YAML with home, resources and per-asset config")
     run.add_argument("--home", help="project data folder (default $CURATION_HOME or ./.curation)")
     run.add_argument("--refresh", action="store_true", help="re-run shards that are already materialized")

@@ -6,6 +6,7 @@ import dagster as dg
 
 from curation_assets import instance_scores, knowledge_tree, normalized_tags, open_tags, selected_subset
 from curation_assets.automation import automation_sensor
+from curation_assets.recovery import dead_run_sensor
 from curation_assets import raw_pool as raw_pool_module
 from resources.models import EmbedderResource
 from resources.scorer import CausalLMScorerResource, DeitaScorersResource
@@ -50,7 +51,7 @@ ASSETS = [
     selected_subset.subset_export,
 ]
 CHECKS = [raw_pool_module.raw_pool_reconciles, selected_subset.selected_subset_checks]
-SENSORS = [raw_pool_module.landing_sensor, automation_sensor]
+SENSORS = [raw_pool_module.landing_sensor, automation_sensor, dead_run_sensor]
 
 
 def build_definitions(home: str | None = None, resource_config: dict | None = None) -> dg.Definitions:

@@ -12,9 +12,12 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
-from curation_assets.landing import LandedFile, land_file
+from curation_assets.landing import LandedFile, files_inside, land_file
 from curation_assets.methods.ingest import is_data_file
 from curation_assets.partitions import pool_shards
+from curation_assets.recovery import process_tags, recover_dead_runs
+from curation_assets.shards import complete_shards
+from resources.storage import readable_parquet
 
 
 def open_instance() -> dg.DagsterInstance:
@@ -36,7 +39,7 @@ def data_files(paths: Iterable[str | Path]) -> list[tuple[Path, str]]:
     for raw in paths:
         path = Path(raw).expanduser().resolve()
         if path.is_dir():
-            found += [(p, p.relative_to(path).as_posix()) for p in sorted(path.rglob("*")) if p.is_file() and is_data_file(p)]
+            found += [(p, p.relative_to(path).as_posix()) for p in files_inside(path) if is_data_file(p)]
         elif path.is_file():
             found.append((path, path.name))
         else:
@@ -84,6 +87,31 @@ class RunReport:
     shard_runs: dict[str, bool]
     global_run: bool | None
     home: Path
+    shard_errors: dict[str, str] = field(default_factory=dict)
+    skipped_shards: list[str] = field(default_factory=list)  # left out of the global assets
+    recovered_runs: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(self.shard_runs.values()) and not self.skipped_shards and self.global_run is not False
+
+    def summary(self) -> str:
+        """A per-shard table, then the global assets' outcome, saying which shards they left out."""
+        lines = []
+        if self.shard_runs:
+            width = max(len(p) for p in self.shard_runs)
+            lines += [f"{'shard':<{width}}  status  error", f"{'-' * width}  ------  -----"]
+            for partition, ok in self.shard_runs.items():
+                lines.append(f"{partition:<{width}}  {'ok' if ok else 'FAILED':<6}  {self.shard_errors.get(partition, '')}")
+        if self.global_run is None:
+            lines.append("global assets: not run")
+        elif not self.global_run:
+            lines.append("global assets: FAILED (see the run in the UI)")
+        elif self.skipped_shards:
+            lines.append(f"global assets: ok WITHOUT {len(self.skipped_shards)} shard(s) whose outputs are missing: {', '.join(self.skipped_shards)}")
+        else:
+            lines.append("global assets: ok")
+        return "\n".join(lines)
 
 
 def run_graph(
@@ -100,6 +128,8 @@ def run_graph(
     defs = build_definitions(home=config.home, resource_config=config.resources)
     storage = defs.resources["storage"]
     instance = instance or open_instance()
+    # A run of an earlier `curate run` that was killed would hold its pool slot forever.
+    recovered = recover_dead_runs(instance, log)
 
     landed = [land_file(path, storage.landed, name) for path, name in data_files(paths)]
     known = set(instance.get_dynamic_partitions(pool_shards.name))
@@ -117,35 +147,72 @@ def run_graph(
     def ops(keys):
         return {graph.assets_def_for_key(k).node_def.name for k in keys}
 
+    tags = process_tags()
     shard_runs: dict[str, bool] = {}
-    done = set() if refresh else _materialized(instance, shard_keys)
-    for partition in sorted(instance.get_dynamic_partitions(pool_shards.name)):
-        if partition in done:
+    errors: dict[str, str] = {}
+    partitions = sorted(instance.get_dynamic_partitions(pool_shards.name))
+    materialized = {k: set(instance.get_materialized_partitions(k)) for k in shard_keys}
+    for partition in partitions:
+        todo = shard_keys if refresh else _to_materialize(materialized, storage, graph, shard_keys, partition)
+        if not todo:
             continue
         result = job.execute_in_process(
             instance=instance,
             partition_key=partition,
-            asset_selection=shard_keys,
-            run_config=config.run_config(ops(shard_keys)),
+            asset_selection=todo,
+            run_config=config.run_config(ops(todo)),
+            tags=tags,
             raise_on_error=False,
         )
         shard_runs[partition] = result.success
-        log(f"shard {partition}: {'ok' if result.success else 'FAILED (see the run in the UI)'}")
+        if not result.success:
+            errors[partition] = _first_error(result)
+        log(f"shard {partition}: {'ok' if result.success else 'FAILED: ' + errors[partition]}")
 
     global_run = None
+    skipped: list[str] = []
     if global_keys:
         result = job.execute_in_process(
             instance=instance,
             asset_selection=global_keys,
             run_config=config.run_config(ops(global_keys)),
+            tags=tags,
             raise_on_error=False,
         )
         global_run = result.success
-        log(f"global assets: {'ok' if result.success else 'FAILED (see the run in the UI)'}")
-    return RunReport(landed, shard_runs, global_run, storage.root)
+        # The shards the global assets left out: those missing an output of a per-shard asset.
+        _, skipped = complete_shards(storage, partitions, [k.to_user_string() for k in shard_keys])
+        log(f"global assets: {'ok' if result.success else 'FAILED: ' + _first_error(result)}")
+    return RunReport(landed, shard_runs, global_run, storage.root, errors, skipped, recovered)
 
 
-def _materialized(instance: dg.DagsterInstance, keys: list[dg.AssetKey]) -> set[str]:
-    """Partitions where every per-shard asset is already materialized."""
-    sets = [instance.get_materialized_partitions(k) for k in keys]
-    return set.intersection(*map(set, sets)) if sets else set()
+def _first_error(result) -> str:
+    """The first failed step and the first line of its error."""
+    for event in result.get_step_failure_events():
+        error = event.step_failure_data.error
+        while error is not None and error.cause is not None and "Error occurred while" in error.message:
+            error = error.cause  # Dagster's wrapper: the user error is its cause
+        message = (error.message if error else "failed").strip().splitlines()[0]
+        return f"{event.step_key}: {message[:300]}"
+    failure = result.get_run_failure_event()
+    return failure.message if failure else "the run failed"
+
+
+def _to_materialize(materialized: dict, storage, graph, keys: list[dg.AssetKey], partition: str) -> list[dg.AssetKey]:
+    """Per-shard assets of `partition` to (re-)materialize: those never materialized, or whose
+    stored file is missing or unreadable (a crash, a truncated copy), and everything downstream of
+    them in the shard. Whole multi-asset nodes, since they cannot be split."""
+    stale = set()
+    for key in keys:
+        path = storage.asset_file(key.to_user_string(), partition)
+        if partition not in materialized[key] or not path.exists() or not readable_parquet(path):
+            stale.add(key)
+    while True:
+        grown = set(stale)
+        for key in keys:
+            if key in grown or any(parent in grown for parent in graph.get(key).parent_keys):
+                grown |= set(graph.assets_def_for_key(key).keys) & set(keys)
+        if grown == stale:
+            break
+        stale = grown
+    return [k for k in keys if k in stale]

@@ -179,6 +179,9 @@ def _metadata(scores: pl.DataFrame, rows: pl.DataFrame, stats: dict, scorer: Cau
     kinds={"parquet", "polars", "pytorch"},
     pool="gpu",
     automation_condition=shard_refresh(),
+    # A step process lost mid-run (killed, out of memory) is retried once; the rows it had scored
+    # are in the row cache, so the retry scores only the rest.
+    retry_policy=dg.RetryPolicy(max_retries=1, delay=5),
     description="Per canonical row: IFD-family scores (Superfiltering, T-SHIRT, Cherry, IterIT) and DEITA's complexity and quality, cached per model and method version.",
 )
 def instance_scores(
