@@ -188,8 +188,8 @@ def _first_error(result) -> str:
     """The first failed step and the first line of its error."""
     for event in result.get_step_failure_events():
         error = event.step_failure_data.error
-        while error is not None and error.cause is not None and "Error occurred while" in error.message:
-            error = error.cause  # Dagster's wrapper: the user error is its cause
+        while error is not None and error.cause is not None:
+            error = error.cause  # under Dagster's wrappers (retries exceeded, input loading): the root cause
         message = (error.message if error else "failed").strip().splitlines()[0]
         return f"{event.step_key}: {message[:300]}"
     failure = result.get_run_failure_event()

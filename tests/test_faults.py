@@ -3,7 +3,6 @@ of the landing folder, failed shards in the headless summary (issue 12 items 2-5
 
 import json
 import os
-import threading
 from pathlib import Path
 
 import dagster as dg
@@ -69,51 +68,69 @@ def test_a_write_that_dies_midway_leaves_the_previous_file_whole(tmp_path, resou
 # --------------------------------------------------------------------------- identity across files
 
 
-def test_overlapping_shards_in_flight_together_give_one_canonical_copy(tmp_path, resources, instance, monkeypatch):
-    """Both raw_pool runs are in flight at once (a barrier holds each until the other has read its
-    file): the shared conversations still get one canonical copy, the one landed first."""
-    from curation_assets import raw_pool as module
+IN_FLIGHT = """
+import sys, time
+from pathlib import Path
+import dagster as dg
+from curation_assets import raw_pool as module
+from curation_assets.definitions import build_resources
+
+home, key, ready = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+real = module.ingest_file
+
+def ingest_together(*args, **kwargs):  # hold until the other shard's run is in flight too
+    summary = real(*args, **kwargs)
+    (ready / key.replace("/", "_")).touch()
+    deadline = time.time() + 300
+    while len(list(ready.iterdir())) < 2 and time.time() < deadline:
+        time.sleep(0.1)
+    return summary
+
+module.ingest_file = ingest_together
+with dg.DagsterInstance.get() as instance:
+    result = dg.materialize([module.raw_pool], resources=build_resources(home), partition_key=key, instance=instance, raise_on_error=False)
+sys.exit(0 if result.success else 1)
+"""
+
+
+@pytest.mark.slow
+def test_overlapping_shards_in_flight_together_give_one_canonical_copy(tmp_path, resources, monkeypatch):
+    """Two processes materialize overlapping shards at once (each holds until the other is in
+    flight, as the daemon's concurrent runs do): the shared conversations get one canonical copy,
+    the one landed first, and `curate why` says so."""
+    import subprocess
+    import sys
+
     from curation_assets.shards import identity_counts, pool_rows
     from curation_assets.why import story
 
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir()
+    (dagster_home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text().replace(".dagster_home", str(dagster_home)))
+    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+    storage = resources["storage"]
     shared = [{"instruction": f"Shared question {i}?", "output": f"Answer {i}."} for i in range(5)]
     a = land(resources, write_jsonl(tmp_path / "a.jsonl", shared + [{"instruction": "Only in a?", "output": "Yes."}]))
     b = land(resources, write_jsonl(tmp_path / "b.jsonl", [{"instruction": "Only in b?", "output": "Yes."}] + shared[::-1]))
-    instance.add_dynamic_partitions("pool_shards", [a, b])
+    with dg.DagsterInstance.get() as instance:
+        instance.add_dynamic_partitions("pool_shards", [a, b])
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    runs = [subprocess.Popen([sys.executable, "-c", IN_FLIGHT, str(storage.root), key, str(ready)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for key in (b, a)]
+    outputs = [run.communicate(timeout=400)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
 
-    barrier = threading.Barrier(2, timeout=120)
-    real = module.ingest_file
-
-    def ingest_together(*args, **kwargs):
-        summary = real(*args, **kwargs)
-        barrier.wait()
-        return summary
-
-    monkeypatch.setattr(module, "ingest_file", ingest_together)
-    results = {}
-
-    def run(key):
-        results[key] = dg.materialize([raw_pool], resources=resources, partition_key=key, instance=instance, raise_on_error=False)
-
-    threads = [threading.Thread(target=run, args=(k,)) for k in (b, a)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    assert results[a].success and results[b].success, errors_of(results[a]) + errors_of(results[b])
-
-    storage = resources["storage"]
     pool = storage.scan_partitions("raw_pool")
     canonical = pool_rows(pool).collect()
     assert canonical.height == 7 and canonical["row_id"].n_unique() == 7
-    first_landed = a if storage.landed_manifest(a)["landed_at"] <= storage.landed_manifest(b)["landed_at"] else b
-    later = b if first_landed == a else a
+    first_landed, later = (a, b) if storage.landed_manifest(a)["landed_at"] <= storage.landed_manifest(b)["landed_at"] else (b, a)
     assert set(canonical.filter(pl.col("instruction").str.starts_with("Shared"))["source_partition"]) == {first_landed}
     assert identity_counts(pool) == {"stored_rows": 12, "canonical_rows": 7, "duplicates_within_file": 0, "duplicates_across_files": 5}
-    # `curate why` names the one canonical copy and the one duplicate.
+    # `curate why` names the one canonical copy and the one duplicate of it.
     text = story(storage, canonical.filter(pl.col("instruction") == "Shared question 2?")["row_id"][0])
     assert f"(shard {first_landed}," in text
-    assert text.count("duplicate copy:") == 1 and f"-> first copy {first_landed}#" in text and later not in text.split("first copy")[-1]
+    assert text.count("duplicate copy:") == 1 and f"-> first copy {first_landed}#" in text
 
 
 # --------------------------------------------------------------------------- corruption
