@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 from dagster_polars import PolarsParquetIOManager
 
@@ -54,13 +56,42 @@ CHECKS = [raw_pool_module.raw_pool_reconciles, selected_subset.selected_subset_c
 SENSORS = [raw_pool_module.landing_sensor, automation_sensor]
 
 
+def executor_from_env() -> dg.ExecutorDefinition | None:
+    """`CURATION_EXECUTOR=celery`: steps run on dagster-celery workers (broker and result backend
+    from `CURATION_CELERY_BROKER` / `CURATION_CELERY_BACKEND`, see deploy/); else Dagster's
+    multiprocess executor on this machine."""
+    name = os.environ.get("CURATION_EXECUTOR", "multiprocess")
+    if name == "celery":
+        from dagster_celery import celery_executor
+
+        return celery_executor.configured(
+            {"broker": {"env": "CURATION_CELERY_BROKER"}, "backend": {"env": "CURATION_CELERY_BACKEND"}}, name="celery"
+        )
+    if name != "multiprocess":
+        raise ValueError(f"CURATION_EXECUTOR={name!r}: expected multiprocess or celery")
+    return None
+
+
 def build_definitions(home: str | None = None, resource_config: dict | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=ASSETS,
         asset_checks=CHECKS,
         sensors=SENSORS,
         resources=build_resources(home, resource_config),
+        executor=executor_from_env(),
     )
 
 
-defs = build_definitions()
+def project_settings() -> dict:
+    """`home` and resources of the project config named by `CURATION_CONFIG` (a `curate run
+    --config` file), so that the UI, the daemon and cluster workers build the same resources."""
+    path = os.environ.get("CURATION_CONFIG")
+    if not path:
+        return {}
+    from curation_assets.headless import RunConfig
+
+    config = RunConfig.load(path)
+    return {"home": config.home, "resource_config": config.resources}
+
+
+defs = build_definitions(**project_settings())
