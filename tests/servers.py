@@ -128,6 +128,9 @@ def base_env(extra: dict[str, str]) -> dict[str, str]:
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TRANSFORMERS_OFFLINE", "1")
     env["DAGSTER_DISABLE_TELEMETRY"] = "yes"
+    # A loaded machine answers code-server calls slowly: wait, rather than fail a dequeue or a tick.
+    env.setdefault("DAGSTER_GRPC_TIMEOUT_SECONDS", "300")
+    env.setdefault("DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS", "300")
     return env
 
 
