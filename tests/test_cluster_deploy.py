@@ -2,6 +2,7 @@
 workers over Redis, GPU steps limited by the `gpu` pool. The demo pool run through it gives the
 same tables as a single-process run."""
 
+import importlib
 import os
 from pathlib import Path
 
@@ -10,15 +11,16 @@ import polars as pl
 import pytest
 import yaml
 
+import curation_assets.definitions
 from curation_assets.headless import RunConfig, run_graph
 from tests.servers import ROOT, base_env, celery_workers, missing_servers, postgres_server, redis_server
 
 pytestmark = pytest.mark.slow
 
 DEMO = ROOT / "demo"
-# Three of the demo pool's eight files (TSV with a sidecar, Parquet messages, messy JSON Lines) keep
+# Two of the demo pool's eight files (Parquet OpenAI messages, messy JSON Lines with quarantined rows) keep
 # the test near two minutes a side on a loaded 2-core machine; deploy/README.md runs all eight.
-DEMO_FILES = [DEMO / "pool" / name for name in ("flan_cot_strategyqa.tsv", "gpteacher_toolformer_messages.parquet", "messy.jsonl")]
+DEMO_FILES = [DEMO / "pool" / name for name in ("gpteacher_toolformer_messages.parquet", "messy.jsonl")]
 SHARD_ASSETS = ["raw_pool", "raw_pool_quarantine", "open_tags", "instance_scores"]
 VOLATILE = {"landed_at", "computed_at", "elapsed_s"}
 
@@ -83,16 +85,24 @@ def test_demo_pool_on_postgres_and_two_celery_workers_equals_single_process(tmp_
     }
     for key, value in settings.items():
         monkeypatch.setenv(key, value)
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    with celery_workers(["alpha", "beta"], base_env(settings), logs):
-        with dg.DagsterInstance.get() as instance:
-            assert type(instance.run_storage).__name__ == "PostgresRunStorage"
-            assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
-            cluster = run_graph(DEMO_FILES, RunConfig.load(os.environ["CURATION_CONFIG"]), instance=instance)
-            assert all(cluster.shard_runs.values()) and cluster.global_run, [p.read_text()[-3000:] for p in logs.iterdir()]
-            workers = _celery_workers_used(instance)
-    assert {name.split("@")[0] for name in workers} == {"alpha", "beta"}  # "<name>@<host>"
+    # The single-process run imported the definitions without these settings; a fresh `curate run`
+    # process reads them at import, as the workers do.
+    importlib.reload(curation_assets.definitions)
+    try:
+        logs = tmp_path / "logs"
+        logs.mkdir()
+        with celery_workers(["alpha", "beta"], base_env(settings), logs):
+            with dg.DagsterInstance.get() as instance:
+                assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+                assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+                cluster = run_graph(DEMO_FILES, RunConfig.load(os.environ["CURATION_CONFIG"]), instance=instance)
+                assert all(cluster.shard_runs.values()) and cluster.global_run, [p.read_text()[-3000:] for p in logs.iterdir()]
+                workers = _celery_workers_used(instance)
+        assert {name.split("@")[0] for name in workers} == {"alpha", "beta"}  # "<name>@<host>"
+
+    finally:
+        monkeypatch.undo()
+        importlib.reload(curation_assets.definitions)
 
     ours, theirs = tables(single_home), tables(cluster_home)
     assert ours.keys() == theirs.keys() and len([k for k in ours if k.startswith("instance_scores/")]) == len(DEMO_FILES)
