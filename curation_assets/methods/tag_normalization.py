@@ -213,6 +213,8 @@ def normalize_tags(
         )
         .group_by("row_id")
         .agg(pl.col("canonical_tag").unique().sort().alias("canonical_tags"), pl.col("cluster").unique().sort().alias("clusters"))
+        # Typed even when alpha drops every tag (an empty frame would infer other dtypes).
+        .cast({"canonical_tags": pl.List(pl.String), "clusters": pl.List(pl.Int32)})
     )
     out = (
         rows.select("row_id", pl.col("raw_tags"), "response_chars", "pool_order")
