@@ -6,28 +6,26 @@ everything done headless shows up in the UI afterwards.
 
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
-import yaml
 
 from curation_assets.landing import LandedFile, land_file
 from curation_assets.methods.ingest import is_data_file
 from curation_assets.partitions import pool_shards
+from curation_assets.project import ProjectConfig
 
 
 def open_instance() -> dg.DagsterInstance:
     """`$DAGSTER_HOME` if set; else `.dagster_home` beside the `dagster.yaml` of the working folder."""
     if os.getenv("DAGSTER_HOME"):
         return dg.DagsterInstance.get()
-    from dagster._core.instance.ref import InstanceRef
-
     cwd = Path.cwd()
     base = cwd / ".dagster_home"
     base.mkdir(exist_ok=True)
-    config_dir = cwd if (cwd / "dagster.yaml").exists() else base
-    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(base), config_dir=str(config_dir)))
+    # The project's dagster.yaml puts every store under .dagster_home/; without it, .dagster_home is the instance.
+    return dg.DagsterInstance.from_config(str(cwd if (cwd / "dagster.yaml").exists() else base))
 
 
 def data_files(paths: Iterable[str | Path]) -> list[tuple[Path, str]]:
@@ -44,38 +42,10 @@ def data_files(paths: Iterable[str | Path]) -> list[tuple[Path, str]]:
     return found
 
 
-@dataclass
-class RunConfig:
-    """A headless run's settings, read from YAML: `home`, `resources` and per-asset `assets` config."""
+# The headless run reads the project config (curation_assets/project.py), as the UI does.
+RunConfig = ProjectConfig
 
-    home: str | None = None
-    resources: dict = field(default_factory=dict)
-    assets: dict = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, path: str | Path | None) -> "RunConfig":
-        if path is None:
-            return cls()
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        unknown = set(data) - {"home", "resources", "assets"}
-        if unknown:
-            raise ValueError(f"{path}: unknown sections {sorted(unknown)}; expected home, resources, assets")
-        # Model folders and target files may be given relative to the config file.
-        here = Path(path).resolve().parent
-        for section, keys in (("resources", ("model", "complexity_model", "quality_model")), ("assets", ("target_file", "iterit_chat_template"))):
-            for settings in (data.get(section) or {}).values():
-                for key in keys:
-                    value = (settings or {}).get(key)
-                    if isinstance(value, str) and not Path(value).is_absolute() and (here / value).exists():
-                        settings[key] = str(here / value)
-        return cls(**data)
-
-    def run_config(self, ops: Iterable[str]) -> dict:
-        ops = set(ops)
-        return {
-            "ops": {name: {"config": cfg} for name, cfg in self.assets.items() if name in ops},
-            "loggers": {"console": {"config": {"log_level": "INFO"}}},
-        }
+RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 @dataclass
@@ -88,16 +58,16 @@ class RunReport:
 
 def run_graph(
     paths: Iterable[str | Path],
-    config: RunConfig | None = None,
+    config: ProjectConfig | None = None,
     *,
     refresh: bool = False,
     instance: dg.DagsterInstance | None = None,
     log: Callable[[str], None] = print,
 ) -> RunReport:
-    from curation_assets.definitions import build_definitions
+    from curation_assets.definitions import project_definitions
 
-    config = config or RunConfig()
-    defs = build_definitions(home=config.home, resource_config=config.resources)
+    config = config if config is not None else ProjectConfig.load(None)
+    defs = project_definitions(config)
     storage = defs.resources["storage"]
     instance = instance or open_instance()
 
@@ -114,23 +84,18 @@ def run_graph(
     shard_keys = [k for k in graph.toposorted_asset_keys if graph.get(k).partitions_def == pool_shards]
     global_keys = [k for k in graph.toposorted_asset_keys if graph.get(k).is_materializable and graph.get(k).partitions_def is None]
 
-    def ops(keys):
-        return {graph.assets_def_for_key(k).node_def.name for k in keys}
-
     shard_runs: dict[str, bool] = {}
     done = set() if refresh else _materialized(instance, shard_keys)
     for partition in sorted(instance.get_dynamic_partitions(pool_shards.name)):
         if partition in done:
             continue
-        success = _execute(
-            job, instance, asset_selection=shard_keys, run_config=config.run_config(ops(shard_keys)), partition_key=partition
-        )
+        success = _execute(job, instance, asset_selection=shard_keys, run_config=RUN_CONFIG, partition_key=partition)
         shard_runs[partition] = success
         log(f"shard {partition}: {'ok' if success else 'FAILED (see the run in the UI)'}")
 
     global_run = None
     if global_keys:
-        global_run = _execute(job, instance, asset_selection=global_keys, run_config=config.run_config(ops(global_keys)))
+        global_run = _execute(job, instance, asset_selection=global_keys, run_config=RUN_CONFIG)
         log(f"global assets: {'ok' if global_run else 'FAILED (see the run in the UI)'}")
     return RunReport(landed, shard_runs, global_run, storage.root)
 

@@ -18,7 +18,7 @@ from curation_assets.methods.tshirt import noisy_scores
 from curation_assets.normalized_tags import all_shards, pool_rows, shard_frames
 from curation_assets.partitions import pool_shards
 from curation_assets.rowwise import compute_missing
-from resources.llm import ChatModelResource, version_hash
+from resources.llm import ENDPOINT_RETRY_POLICY, ChatModelResource, version_hash
 from resources.scorer import CausalLMScorerResource, DeitaScorersResource
 from resources.storage import CurationStorage
 
@@ -261,6 +261,7 @@ def _judge(pairs: pl.DataFrame, texts: dict[str, tuple[str, str]], judge: JudgeR
     group_name="scores",
     kinds={"parquet", "polars"},
     automation_condition=global_refresh(),
+    retry_policy=ENDPOINT_RETRY_POLICY,
     description="TACOS comparative scores: one row per (row, cluster, round) judgement, 0-100, with its partner.",
 )
 def comparative_scores(

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 import curation_assets.definitions
-from curation_assets.headless import RunConfig, run_graph
+from curation_assets.headless import run_graph
+from curation_assets.project import ProjectConfig
 from tests.servers import ROOT, base_env, celery_workers, missing_servers, postgres_server, redis_server
 
 pytestmark = pytest.mark.slow
@@ -65,7 +66,7 @@ def test_demo_pool_on_postgres_and_two_celery_workers_equals_single_process(tmp_
     # Single process: SQLite instance, in-process execution.
     single_home = tmp_path / "single"
     with dg.instance_for_test() as instance:
-        single = run_graph(DEMO_FILES, RunConfig.load(demo_config(tmp_path, single_home)), instance=instance)
+        single = run_graph(DEMO_FILES, ProjectConfig.load(demo_config(tmp_path, single_home)), instance=instance)
     assert all(single.shard_runs.values()) and single.global_run
 
     # Cluster: deploy/dagster.yaml on Postgres, the celery executor, two workers.
@@ -95,7 +96,7 @@ def test_demo_pool_on_postgres_and_two_celery_workers_equals_single_process(tmp_
             with dg.DagsterInstance.get() as instance:
                 assert type(instance.run_storage).__name__ == "PostgresRunStorage"
                 assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
-                cluster = run_graph(DEMO_FILES, RunConfig.load(os.environ["CURATION_CONFIG"]), instance=instance)
+                cluster = run_graph(DEMO_FILES, ProjectConfig.load(os.environ["CURATION_CONFIG"]), instance=instance)
                 assert all(cluster.shard_runs.values()) and cluster.global_run, [p.read_text()[-3000:] for p in logs.iterdir()]
                 workers = _celery_workers_used(instance)
         assert {name.split("@")[0] for name in workers} == {"alpha", "beta"}  # "<name>@<host>"
