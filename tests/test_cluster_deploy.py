@@ -16,7 +16,11 @@ from curation_assets.headless import run_graph
 from curation_assets.project import ProjectConfig
 from tests.servers import ROOT, base_env, celery_workers, missing_servers, postgres_server, redis_server
 
-pytestmark = pytest.mark.slow
+# Off by default until verified in CI on this machine type: CURATION_DEPLOY_TESTS=1 runs it.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.environ.get("CURATION_DEPLOY_TESTS") != "1", reason="deployment test: set CURATION_DEPLOY_TESTS=1"),
+]
 
 DEMO = ROOT / "demo"
 # Two of the demo pool's eight files (Parquet OpenAI messages, messy JSON Lines with quarantined rows) keep

@@ -1,11 +1,17 @@
 """Files landing while runs are in flight, through the landing sensor and the daemon: every file
 lands exactly once and every shard reconciles (benchmarks/bench_load.py with a small load)."""
 
+import os
+
 import pytest
 
 from benchmarks.bench_load import run_load
 
-pytestmark = pytest.mark.slow
+# Off by default until verified in CI on this machine type: CURATION_DEPLOY_TESTS=1 runs it.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.environ.get("CURATION_DEPLOY_TESTS") != "1", reason="deployment test: set CURATION_DEPLOY_TESTS=1"),
+]
 
 
 def test_files_landing_during_runs_land_once_and_reconcile(tmp_path, monkeypatch):
