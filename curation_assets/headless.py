@@ -6,11 +6,10 @@ everything done headless shows up in the UI afterwards.
 
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
-import yaml
 
 from curation_assets.landing import LandedFile, files_inside, land_file
 from curation_assets.methods.ingest import is_data_file
@@ -18,6 +17,7 @@ from curation_assets.partitions import pool_shards
 from curation_assets.recovery import process_tags, recover_dead_runs
 from curation_assets.shards import complete_shards
 from resources.storage import readable_parquet
+from curation_assets.project import ProjectConfig
 
 
 def open_instance() -> dg.DagsterInstance:
@@ -45,38 +45,10 @@ def data_files(paths: Iterable[str | Path]) -> list[tuple[Path, str]]:
     return found
 
 
-@dataclass
-class RunConfig:
-    """A headless run's settings, read from YAML: `home`, `resources` and per-asset `assets` config."""
+# The headless run reads the project config (curation_assets/project.py), as the UI does.
+RunConfig = ProjectConfig
 
-    home: str | None = None
-    resources: dict = field(default_factory=dict)
-    assets: dict = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, path: str | Path | None) -> "RunConfig":
-        if path is None:
-            return cls()
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        unknown = set(data) - {"home", "resources", "assets"}
-        if unknown:
-            raise ValueError(f"{path}: unknown sections {sorted(unknown)}; expected home, resources, assets")
-        # Model folders and target files may be given relative to the config file.
-        here = Path(path).resolve().parent
-        for section, keys in (("resources", ("model", "complexity_model", "quality_model")), ("assets", ("target_file", "iterit_chat_template"))):
-            for settings in (data.get(section) or {}).values():
-                for key in keys:
-                    value = (settings or {}).get(key)
-                    if isinstance(value, str) and not Path(value).is_absolute() and (here / value).exists():
-                        settings[key] = str(here / value)
-        return cls(**data)
-
-    def run_config(self, ops: Iterable[str]) -> dict:
-        ops = set(ops)
-        return {
-            "ops": {name: {"config": cfg} for name, cfg in self.assets.items() if name in ops},
-            "loggers": {"console": {"config": {"log_level": "INFO"}}},
-        }
+RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 @dataclass
@@ -114,16 +86,16 @@ class RunReport:
 
 def run_graph(
     paths: Iterable[str | Path],
-    config: RunConfig | None = None,
+    config: ProjectConfig | None = None,
     *,
     refresh: bool = False,
     instance: dg.DagsterInstance | None = None,
     log: Callable[[str], None] = print,
 ) -> RunReport:
-    from curation_assets.definitions import build_definitions
+    from curation_assets.definitions import project_definitions
 
-    config = config or RunConfig()
-    defs = build_definitions(home=config.home, resource_config=config.resources)
+    config = config if config is not None else ProjectConfig.load(None)
+    defs = project_definitions(config)
     storage = defs.resources["storage"]
     instance = instance or open_instance()
     # A run of an earlier `curate run` that was killed would hold its pool slot forever.
@@ -142,9 +114,6 @@ def run_graph(
     shard_keys = [k for k in graph.toposorted_asset_keys if graph.get(k).partitions_def == pool_shards]
     global_keys = [k for k in graph.toposorted_asset_keys if graph.get(k).is_materializable and graph.get(k).partitions_def is None]
 
-    def ops(keys):
-        return {graph.assets_def_for_key(k).node_def.name for k in keys}
-
     tags = process_tags()
     shard_runs: dict[str, bool] = {}
     errors: dict[str, str] = {}
@@ -154,34 +123,39 @@ def run_graph(
         todo = shard_keys if refresh else _to_materialize(materialized, storage, graph, shard_keys, partition)
         if not todo:
             continue
-        result = job.execute_in_process(
-            instance=instance,
-            partition_key=partition,
-            asset_selection=todo,
-            run_config=config.run_config(ops(todo)),
-            tags=tags,
-            raise_on_error=False,
-        )
-        shard_runs[partition] = result.success
-        if not result.success:
-            errors[partition] = _first_error(result)
-        log(f"shard {partition}: {'ok' if result.success else 'FAILED: ' + errors[partition]}")
+        success, error = _execute(job, instance, asset_selection=todo, run_config=RUN_CONFIG, partition_key=partition, tags=tags)
+        shard_runs[partition] = success
+        if not success:
+            errors[partition] = error
+        log(f"shard {partition}: {'ok' if success else 'FAILED: ' + error}")
 
     global_run = None
     skipped: list[str] = []
     if global_keys:
-        result = job.execute_in_process(
-            instance=instance,
-            asset_selection=global_keys,
-            run_config=config.run_config(ops(global_keys)),
-            tags=tags,
-            raise_on_error=False,
-        )
-        global_run = result.success
+        global_run, error = _execute(job, instance, asset_selection=global_keys, run_config=RUN_CONFIG, tags=tags)
         # The shards the global assets left out: those missing an output of a per-shard asset.
         _, skipped = complete_shards(storage, partitions, [k.to_user_string() for k in shard_keys])
-        log(f"global assets: {'ok' if result.success else 'FAILED: ' + _first_error(result)}")
+        log(f"global assets: {'ok' if global_run else 'FAILED: ' + error}")
     return RunReport(landed, shard_runs, global_run, storage.root, errors, skipped, recovered)
+
+
+def _execute(job, instance, *, asset_selection, run_config, partition_key=None, tags=None) -> tuple[bool, str]:
+    """Run in this process, or, with `CURATION_EXECUTOR=celery`, as a run whose steps the cluster
+    workers execute (they rebuild the definitions from `CURATION_CONFIG`, as the code server does).
+    Returns success and, on failure, the first error."""
+    if os.environ.get("CURATION_EXECUTOR", "multiprocess") != "celery":
+        result = job.execute_in_process(
+            instance=instance, partition_key=partition_key, asset_selection=asset_selection, run_config=run_config, tags=tags, raise_on_error=False
+        )
+        return result.success, "" if result.success else _first_error(result)
+    tags = {**(tags or {}), **({"dagster/partition": partition_key} if partition_key else {})}
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+
+    repository = ReconstructableRepository.for_module("curation_assets.definitions", "defs", working_directory=os.getcwd())
+    with dg.execute_job(
+        repository.get_reconstructable_job(job.name), instance, run_config=run_config, tags=tags, asset_selection=asset_selection, raise_on_error=False
+    ) as result:
+        return result.success, "" if result.success else _first_error(result)
 
 
 def _first_error(result) -> str:
