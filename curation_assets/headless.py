@@ -6,7 +6,7 @@ everything done headless shows up in the UI afterwards.
 
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg

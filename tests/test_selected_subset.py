@@ -6,6 +6,8 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
+
+from curation_assets.shards import pool_rows
 import pytest
 
 from curation_assets import cli
@@ -49,7 +51,7 @@ def tables(graph):
 
 def test_demo_selection_is_explained_row_by_row(graph):
     subset, reasons = tables(graph)
-    pool = pl.read_parquet(graph[2] / "assets" / "raw_pool" / "*.parquet").filter(pl.col("duplicate_of").is_null())
+    pool = pool_rows(pl.scan_parquet(graph[2] / "assets" / "raw_pool" / "*.parquet")).collect()  # canonical rows (shards.py)
     assert reasons.height == pool.height and reasons["row_id"].is_unique().all()
     assert subset.height == int(0.1 * pool.height) and subset["rank"].to_list() == list(range(1, subset.height + 1))
     chosen = reasons.filter(pl.col("selected")).sort("rank")
