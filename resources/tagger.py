@@ -23,12 +23,13 @@ class TaggerResource(ChatModelResource):
     include_input: bool = Field(False, description="Show the Alpaca input field too (TACOS shows the instruction only).")
     embedder_model: str = Field(PACKAGED_EMBEDDER, description="keyphrase backend: sentence-transformers model.")
     top_n: int = Field(5, description="keyphrase backend: tags per instruction.")
+    min_ngram: int = Field(1, description="keyphrase backend: shortest keyphrase in words.")
     max_ngram: int = Field(2, description="keyphrase backend: longest keyphrase in words.")
     diversity: float = Field(0.5, description="keyphrase backend: MMR diversity, 0 = pure similarity.")
 
     def version(self) -> str:
         if self.backend == "keyphrase":
-            key = {"backend": "keyphrase", "embedder": self.embedder_model, "top_n": self.top_n, "max_ngram": self.max_ngram, "diversity": self.diversity}
+            key = {"backend": "keyphrase", "method": "keybert", "embedder": self.embedder_model, "top_n": self.top_n, "ngrams": [self.min_ngram, self.max_ngram], "diversity": self.diversity}
         else:
             key = {**self.generation_key(), "prompt": self.prompt_style, "prompt_text": PROMPTS[self.prompt_style]}
         return version_hash(key, self.include_input)
@@ -39,6 +40,6 @@ class TaggerResource(ChatModelResource):
     def tag(self, texts: list[str]) -> list[Completion]:
         if self.backend == "keyphrase":
             embedder = EmbedderResource(model=self.embedder_model, device=self.device)
-            tags = keyphrase_tags(texts, embedder.encode, top_n=self.top_n, ngram_range=(1, self.max_ngram), diversity=self.diversity)
+            tags = keyphrase_tags(texts, embedder.encode, top_n=self.top_n, ngram_range=(self.min_ngram, self.max_ngram), diversity=self.diversity)
             return [Completion(True, value=t, attempts=1) if t else Completion(False, error="no keyphrase found", attempts=1) for t in tags]
         return self.generate([tagging_messages(t, self.prompt_style) for t in texts], parse_tags)

@@ -32,6 +32,36 @@ class TreeSettings:
     kmeans_iterations: int = 25
 
 
+def leaf_concepts(labels: list[str], vectors: np.ndarray, rows: np.ndarray, threshold: float = 0.9) -> list[str]:
+    """The leaf concept of each tag: tags whose embeddings have cosine >= `threshold` to a more
+    used tag join it (tags-tacos.md §2.3: the first level groups synonyms, embedding-only, at the
+    cosine near 0.9 that MIG uses for its label graph).
+
+    Leader clustering in order of use (rows, then label): a tag joins the most similar earlier
+    leader it reaches at `threshold`, else it leads a concept of its own. Every member is that
+    similar to its concept's label, so a concept cannot drift along a chain of near neighbours as
+    single-linkage grouping would. Exact (faiss range search); returns the leader label per tag.
+    """
+    import faiss
+
+    n = len(labels)
+    if n == 0:
+        return []
+    order = sorted(range(n), key=lambda i: (-float(rows[i]), labels[i]))
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
+    vecs = np.ascontiguousarray(_normalize(np.asarray(vectors, dtype=np.float32)))
+    index = faiss.IndexFlatIP(vecs.shape[1])
+    index.add(vecs)
+    lims, sims, ids = index.range_search(vecs, float(threshold) - 1e-6)
+    leader = np.full(n, -1, dtype=np.int64)
+    for i in order:
+        near, sim = ids[lims[i] : lims[i + 1]], sims[lims[i] : lims[i + 1]]
+        ok = (rank[near] < rank[i]) & (leader[near] == near)  # earlier tags that lead a concept
+        leader[i] = int(near[ok][np.argmax(sim[ok])]) if ok.any() else i
+    return [labels[j] for j in leader]
+
+
 def spherical_kmeans(vectors: np.ndarray, k: int, weights: np.ndarray, seed: int, iterations: int) -> np.ndarray:
     """Cluster ids 0..m-1 (m <= k, empty clusters dropped, ids in order of first appearance)."""
     import faiss
