@@ -152,7 +152,11 @@ def _dequantized_folder(source: CausalLMSource) -> str:
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".partial-"))
     try:
         tokenizer.save_pretrained(tmp)
-        model.save_pretrained(tmp)
+        # transformers will not save a model loaded from GGUF; its de-quantized weights, copied
+        # into a plain model of the same config, save (and load back) as ordinary fp32 weights.
+        plain = AutoModelForCausalLM.from_config(model.config)
+        plain.load_state_dict(model.state_dict(), strict=True)
+        plain.save_pretrained(tmp)
         try:
             tmp.rename(folder)
         except OSError:  # another process won the race: use its copy
