@@ -254,11 +254,16 @@ def pick_iterit(c: Candidates, budget: int, cfg) -> Picked:
 
 def pick_superfiltering(c: Candidates, budget: int, cfg) -> Picked:
     ifd = c.column("ifd_ppl")
-    picked = rules.superfiltering(ifd, budget, cfg.ifd_threshold)
+    # select_data.py multiplies its rate by a hard-coded 52,002 (Alpaca); reference_pool_size
+    # reproduces that count for a rate, where the default takes the rate of the candidates.
+    reference_size = cfg.reference_pool_size
+    own_budget = rules.superfiltering_count(cfg.budget, reference_size) if reference_size and cfg.budget <= 1 else None
+    picked = rules.superfiltering(ifd, budget if own_budget is None else own_budget, cfg.ifd_threshold)
     gain = _empty_gain(c.n)
     gain[picked] = ifd[picked]
     reason = {i: ("no IFD" if np.isnan(ifd[i]) else f"IFD {ifd[i]:.4g} >= {cfg.ifd_threshold}" if ifd[i] >= cfg.ifd_threshold else "IFD below the budget") for i in _unpicked(c.n, picked)}
-    return Picked(picked, gain, "IFD (PPL ratio)", reason, {i for i in range(c.n) if not ifd[i] < cfg.ifd_threshold})
+    rule = f"int({reference_size:,} x {cfg.budget:.4g}) = {own_budget:,} rows (reference_pool_size, as select_data.py)" if own_budget is not None else None
+    return Picked(picked, gain, "IFD (PPL ratio)", reason, {i for i in range(c.n) if not ifd[i] < cfg.ifd_threshold}, budget=own_budget, budget_rule=rule)
 
 
 def pick_cherry(c: Candidates, budget: int, cfg) -> Picked:
