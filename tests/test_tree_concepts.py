@@ -175,13 +175,13 @@ def test_refined_tree_uses_the_llm_names_and_stays_consistent():
             if "Propose" in p:
                 text = "\n".join(f"Group {p.count('- ')} {k}" for k in range(3))
             elif p.startswith("Topic: "):
-                text = str(1 + int(p.split()[2]) % 3)
+                text = str(1 + int(p.split("\n")[0].split()[-1]) % 3)
             else:
                 text = "Named " + p.split("- ")[1].split("\n")[0]
             out.append(parse(text))
         return out
 
-    embed = lambda texts: np.stack([np.eye(8, dtype=np.float32)[hash(t) % 8] for t in texts])  # noqa: E731
+    embed = lambda texts: np.stack([np.eye(8, dtype=np.float32)[sum(map(ord, t)) % 8] for t in texts])  # noqa: E731
     nodes = build_tree(labels, vectors, np.ones(30), TreeSettings(branching=3, top=4, neighbourhood=10), refine=(ask, embed))
     internal = nodes.filter(~pl.col("is_leaf") & (pl.col("node_id") != 0))
     assert internal.height >= 2 and all(label.startswith("Named ") for label in internal["label"])
