@@ -115,7 +115,7 @@ def print_quality(trees: dict[str, dict]) -> None:
 
 
 def demo_pool_figures() -> None:
-    """The demo pool with demo/config.yaml's tagging and tree settings: per-tag leaves (before issue
+    """The demo pool with curation.yaml's (the demo's) tagging and tree settings: per-tag leaves (before issue
     13's leaf concepts and min_df) against leaf concepts (now)."""
     import yaml
 
@@ -128,7 +128,7 @@ def demo_pool_figures() -> None:
     from resources.models import EmbedderResource
     from resources.tagger import TaggerResource
 
-    cfg = yaml.safe_load((ROOT / "demo" / "config.yaml").read_text())
+    cfg = yaml.safe_load((ROOT / "curation.yaml").read_text())
     tagger = TaggerResource(**cfg["resources"]["tagger"])
     norm = NormalizedTagsConfig(**cfg["assets"]["normalized_tags"])
     tree_cfg = KnowledgeTreeConfig(**cfg["assets"]["knowledge_tree"])
@@ -140,7 +140,7 @@ def demo_pool_figures() -> None:
                 shards.append(pl.concat([pl.read_parquet(p) for p in summary.pool_parts]).unique("row_id", keep="first", maintain_order=True))
     pool = pl.concat(shards).unique("row_id", keep="first", maintain_order=True)
     encode = EmbedderResource().encode
-    print(f"\npart 3: demo pool ({pool.height} rows), demo/config.yaml settings")
+    print(f"\npart 3: demo pool ({pool.height} rows), curation.yaml (demo) settings")
     settings = TreeSettings(branching=tree_cfg.branching, top=tree_cfg.top, max_depth=tree_cfg.max_depth, seed=tree_cfg.seed)
     trees = {}
     for name, min_df, leaf_threshold in (("before: per-tag leaves", 1, None), ("now: min_df + concepts", tagger.min_df, norm.leaf_threshold)):

@@ -6,15 +6,15 @@ everything done headless shows up in the UI afterwards.
 
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
-import yaml
 
 from curation_assets.landing import LandedFile, land_file
 from curation_assets.methods.ingest import is_data_file
 from curation_assets.partitions import pool_shards
+from curation_assets.project import ProjectConfig
 
 
 def open_instance() -> dg.DagsterInstance:
@@ -42,38 +42,10 @@ def data_files(paths: Iterable[str | Path]) -> list[tuple[Path, str]]:
     return found
 
 
-@dataclass
-class RunConfig:
-    """A headless run's settings, read from YAML: `home`, `resources` and per-asset `assets` config."""
+# The headless run reads the project config (curation_assets/project.py), as the UI does.
+RunConfig = ProjectConfig
 
-    home: str | None = None
-    resources: dict = field(default_factory=dict)
-    assets: dict = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, path: str | Path | None) -> "RunConfig":
-        if path is None:
-            return cls()
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        unknown = set(data) - {"home", "resources", "assets"}
-        if unknown:
-            raise ValueError(f"{path}: unknown sections {sorted(unknown)}; expected home, resources, assets")
-        # Model folders and target files may be given relative to the config file.
-        here = Path(path).resolve().parent
-        for section, keys in (("resources", ("model", "complexity_model", "quality_model")), ("assets", ("target_file", "iterit_chat_template"))):
-            for settings in (data.get(section) or {}).values():
-                for key in keys:
-                    value = (settings or {}).get(key)
-                    if isinstance(value, str) and not Path(value).is_absolute() and (here / value).exists():
-                        settings[key] = str(here / value)
-        return cls(**data)
-
-    def run_config(self, ops: Iterable[str]) -> dict:
-        ops = set(ops)
-        return {
-            "ops": {name: {"config": cfg} for name, cfg in self.assets.items() if name in ops},
-            "loggers": {"console": {"config": {"log_level": "INFO"}}},
-        }
+RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 @dataclass
@@ -86,16 +58,16 @@ class RunReport:
 
 def run_graph(
     paths: Iterable[str | Path],
-    config: RunConfig | None = None,
+    config: ProjectConfig | None = None,
     *,
     refresh: bool = False,
     instance: dg.DagsterInstance | None = None,
     log: Callable[[str], None] = print,
 ) -> RunReport:
-    from curation_assets.definitions import build_definitions
+    from curation_assets.definitions import project_definitions
 
-    config = config or RunConfig()
-    defs = build_definitions(home=config.home, resource_config=config.resources)
+    config = config if config is not None else ProjectConfig.load(None)
+    defs = project_definitions(config)
     storage = defs.resources["storage"]
     instance = instance or open_instance()
 
@@ -112,9 +84,6 @@ def run_graph(
     shard_keys = [k for k in graph.toposorted_asset_keys if graph.get(k).partitions_def == pool_shards]
     global_keys = [k for k in graph.toposorted_asset_keys if graph.get(k).is_materializable and graph.get(k).partitions_def is None]
 
-    def ops(keys):
-        return {graph.assets_def_for_key(k).node_def.name for k in keys}
-
     shard_runs: dict[str, bool] = {}
     done = set() if refresh else _materialized(instance, shard_keys)
     for partition in sorted(instance.get_dynamic_partitions(pool_shards.name)):
@@ -124,7 +93,7 @@ def run_graph(
             instance=instance,
             partition_key=partition,
             asset_selection=shard_keys,
-            run_config=config.run_config(ops(shard_keys)),
+            run_config=RUN_CONFIG,
             raise_on_error=False,
         )
         shard_runs[partition] = result.success
@@ -135,7 +104,7 @@ def run_graph(
         result = job.execute_in_process(
             instance=instance,
             asset_selection=global_keys,
-            run_config=config.run_config(ops(global_keys)),
+            run_config=RUN_CONFIG,
             raise_on_error=False,
         )
         global_run = result.success

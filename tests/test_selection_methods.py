@@ -146,6 +146,21 @@ def test_tacos_scores_above_100_count_toward_cluster_size():
     assert rules.tacos_select(only_high, budget=6, fill=False).selected == [0, 1, 3, 4]
 
 
+def test_tacos_strategy_reports_scores_above_100_as_never_selected():
+    from curation_assets.methods.strategies import Candidates, pick_tacos
+    from curation_assets.selected_subset import SelectionConfig
+
+    comparisons = pl.DataFrame({
+        "row_id": ["a", "b", "a", "c"], "cluster": [1, 1, 2, 2], "round": [0] * 4, "position": [1, 2, 1, 2],
+        "partner": ["b", "a", "c", "a"], "score": [150.0, 60.0, 80.0, 120.0], "partner_score": [60.0, 150.0, 120.0, 80.0],
+    })
+    c = Candidates(pl.DataFrame({"row_id": ["a", "b", "c", "d"]}), comparisons=comparisons)
+    picked = pick_tacos(c, 4, SelectionConfig(strategy="tacos", per_cluster=2, fill_quota=False))
+    assert sorted(picked.order) == [0, 1] and picked.gain[0] == 80.0  # a's 150 is not its value
+    assert "above 100" in picked.reason[2] and 2 in picked.ineligible
+    assert picked.reason[3].startswith("no comparative score")
+
+
 def test_budget_top_k_random():
     assert rules.resolve_budget(0.05, 1000) == 50 and rules.resolve_budget(30, 1000) == 30 and rules.resolve_budget(5000, 100) == 100
     values = np.array([0.5, np.nan, 0.9, 0.9, 0.1])

@@ -145,8 +145,9 @@ def normalize_tags(
 
     Returns (per-row table, tag vocabulary). Per row: canonical_tags (readable labels), tree_tags (the
     TAGS leaves: canonical tags plus rarer tags used by tree_min_rows rows), clusters (sorted),
-    clusters_in_tag_order (by each cluster's first tag in the row), labelset_representative, labelset_first_seen (pool position of the first row with that cluster
-    set; TACOS orders cluster members by it). Vocabulary: one line per raw tag with its normalized key
+    clusters_in_tag_order (by each cluster's first tag in the row), labelset_representative,
+    labelset_first_seen (pool position of the first row with that cluster set; TACOS orders cluster
+    members by it). Vocabulary: one line per raw tag with its normalized key
     (and the `stem` rule that made it), canonical tag, cluster, tree leaf, counts (raw_count: rows, or
     occurrences with count_on="raw"; count: rows of the normalized key) and, for tags
     dropped by the frequency filter, the reason.
@@ -234,6 +235,8 @@ def normalize_tags(
             pl.col("cluster").unique().sort().alias("clusters"),
             pl.col("cluster").sort_by("first_pos").unique(maintain_order=True).alias("clusters_in_tag_order"),
         )
+        # Typed even when alpha drops every tag (an empty frame would infer other dtypes).
+        .cast({"canonical_tags": pl.List(pl.String), "clusters": pl.List(pl.Int32), "clusters_in_tag_order": pl.List(pl.Int32)})
     )
     out = (
         rows.select("row_id", pl.col("raw_tags"), "response_chars", "pool_order")
