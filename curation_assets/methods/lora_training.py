@@ -378,7 +378,9 @@ def train_lora(
 @contextmanager
 def adapter_applied(model, adapter_dir: str | Path | None):
     """`model` with the adapter in `adapter_dir` attached (eval mode) inside the block, and without it
-    after; None yields the base model itself (the zero-shot baseline)."""
+    after; None yields the base model itself (the zero-shot baseline). PEFT injects the LoRA layers
+    into `model`'s own modules, so what is yielded is the plain transformers model (usable where a
+    PreTrainedModel is expected: lm-eval, the token-loss engine), adapter active."""
     if adapter_dir is None:
         yield model.eval()
         return
@@ -386,6 +388,6 @@ def adapter_applied(model, adapter_dir: str | Path | None):
 
     peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
     try:
-        yield peft_model.eval()
+        yield peft_model.get_base_model().eval()
     finally:
         peft_model.unload()
