@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 from dagster_polars import PolarsParquetIOManager
 
-from curation_assets import instance_scores, knowledge_tree, normalized_tags, open_tags, selected_subset
+from curation_assets import instance_scores, knowledge_tree, normalized_tags, open_tags, selected_subset, subset_training
 from curation_assets.automation import automation_sensor
 from curation_assets import raw_pool as raw_pool_module
 from resources.models import EmbedderResource
@@ -49,6 +49,8 @@ ASSETS = [
     instance_scores.comparative_scores,
     selected_subset.selected_subset,
     selected_subset.subset_export,
+    subset_training.subset_model,
+    subset_training.subset_evaluation,
 ]
 CHECKS = [raw_pool_module.raw_pool_reconciles, selected_subset.selected_subset_checks]
 SENSORS = [raw_pool_module.landing_sensor, automation_sensor]

@@ -44,6 +44,10 @@ def data_files(paths: Iterable[str | Path]) -> list[tuple[Path, str]]:
     return found
 
 
+# Slow assets a headless run materializes only when the config lists them under `assets:`.
+OPT_IN = {"subset_model", "subset_evaluation"}
+
+
 @dataclass
 class RunConfig:
     """A headless run's settings, read from YAML: `home`, `resources` and per-asset `assets` config."""
@@ -62,7 +66,8 @@ class RunConfig:
             raise ValueError(f"{path}: unknown sections {sorted(unknown)}; expected home, resources, assets")
         # Model folders and target files may be given relative to the config file.
         here = Path(path).resolve().parent
-        for section, keys in (("resources", ("model", "complexity_model", "quality_model")), ("assets", ("target_file", "iterit_chat_template"))):
+        for section, keys in (("resources", ("model", "complexity_model", "quality_model")),
+                              ("assets", ("target_file", "iterit_chat_template", "base_model", "data_dir", "exclude_prompts_file"))):
             for settings in (data.get(section) or {}).values():
                 for key in keys:
                     value = (settings or {}).get(key)
@@ -112,7 +117,8 @@ def run_graph(
     job = defs.resolve_implicit_global_asset_job_def()
     graph = defs.resolve_asset_graph()
     shard_keys = [k for k in graph.toposorted_asset_keys if graph.get(k).partitions_def == pool_shards]
-    global_keys = [k for k in graph.toposorted_asset_keys if graph.get(k).is_materializable and graph.get(k).partitions_def is None]
+    global_keys = [k for k in graph.toposorted_asset_keys if graph.get(k).is_materializable and graph.get(k).partitions_def is None
+                   and (k.to_user_string() not in OPT_IN or k.to_user_string() in config.assets)]
 
     def ops(keys):
         return {graph.assets_def_for_key(k).node_def.name for k in keys}
