@@ -160,7 +160,7 @@ def strategy_subset(context, strategy: str, size: int, seed: int, inputs: dict, 
 
     if strategy not in STRATEGIES:
         raise dg.Failure(f"unknown baseline strategy {strategy!r}; choose from {sorted(STRATEGIES)}")
-    cfg = sel.SelectionConfig(strategy=strategy, budget=float(size) if size > 1 else 1.0, seed=seed, neighbours=False)
+    cfg = sel.SelectionConfig(strategy=strategy, budget=float(size), seed=seed, neighbours=False)
     rows = sel.load_candidates(context, storage, inputs["normalized_tags"], inputs["comparative_scores"], strategy)
     cache = storage.row_cache("embeddings", embedder.version())
     embed = lambda texts: cached_encode(texts, embedder.encode, cache)  # noqa: E731

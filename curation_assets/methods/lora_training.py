@@ -79,6 +79,10 @@ class LoraSettings:
             raise ValueError(f"LoRA settings must be positive: {', '.join(bad)}")
         if not 0 <= self.dropout < 1 or not 0 <= self.warmup_ratio < 1:
             raise ValueError("dropout and warmup_ratio must lie in [0, 1)")
+        choices = {"schedule": ("linear", "cosine", "constant", "constant_with_warmup"), "format": ("tulu", "chat_template"), "dtype": ("auto", "float32", "bfloat16")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key} must be one of {', '.join(allowed)}, not {getattr(self, key)!r}")
         if self.batch_size % self.micro_batch_size:
             raise ValueError(f"batch_size {self.batch_size} is not a multiple of micro_batch_size {self.micro_batch_size}")
         if isinstance(self.target_modules, list):
