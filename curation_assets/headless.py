@@ -21,13 +21,11 @@ def open_instance() -> dg.DagsterInstance:
     """`$DAGSTER_HOME` if set; else `.dagster_home` beside the `dagster.yaml` of the working folder."""
     if os.getenv("DAGSTER_HOME"):
         return dg.DagsterInstance.get()
-    from dagster._core.instance.ref import InstanceRef
-
     cwd = Path.cwd()
     base = cwd / ".dagster_home"
     base.mkdir(exist_ok=True)
-    config_dir = cwd if (cwd / "dagster.yaml").exists() else base
-    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(base), config_dir=str(config_dir)))
+    # The project's dagster.yaml puts every store under .dagster_home/; without it, .dagster_home is the instance.
+    return dg.DagsterInstance.from_config(str(cwd if (cwd / "dagster.yaml").exists() else base))
 
 
 def data_files(paths: Iterable[str | Path]) -> list[tuple[Path, str]]:

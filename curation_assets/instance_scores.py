@@ -2,6 +2,7 @@
 scores within tag clusters for the whole pool."""
 
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
 import numpy as np
@@ -17,7 +18,7 @@ from curation_assets.methods.tshirt import noisy_scores
 from curation_assets.normalized_tags import all_shards, pool_rows, shard_frames
 from curation_assets.partitions import pool_shards
 from curation_assets.rowwise import compute_missing
-from resources.llm import ChatModelResource, version_hash
+from resources.llm import ENDPOINT_RETRY_POLICY, ChatModelResource, version_hash
 from resources.scorer import CausalLMScorerResource, DeitaScorersResource
 from resources.storage import CurationStorage
 
@@ -34,6 +35,7 @@ class InstanceScoresConfig(dg.Config):
     iterit_max_length: int | None = Field(None, description="IterIT truncation; null = the model's max positions.")
     iterit_chat_template: str = Field("model", description="IterIT chat template: model (the scorer's own), llama-3.1 (IterIT's train.py), or a Jinja file.")
     iterit_strip_output: bool = Field(True, description="Strip responses before the chat template (fixes the reference's |trim pitfall).")
+    iterit_add_pad: bool = Field(False, description="Score as after IterIT's train.py adds a mean-initialised [PAD] token to a tokenizer without one (shifts losses by about 1e-5 relative).")
     tshirt_copies: int = Field(30, description="Noisy neighbours per row (T-SHIRT uses 30).")
     tshirt_alpha: float = Field(5.0, description="Noise scale alpha (T-SHIRT: 5).")
     seed: int = Field(42, description="Seed of the T-SHIRT noise (combined with each row_id).")
@@ -78,7 +80,7 @@ def _columns(method: str, rows: pl.DataFrame, model, tokenizer, cfg: InstanceSco
         }, schema_overrides={"cherry_skip": pl.String})
     if method == "iterit":
         max_len = cfg.iterit_max_length or (0 if empty else int(getattr(model.config, "max_position_embeddings", 8192)))
-        r = [] if empty else iterit_ifd(model, tokenizer, samples, max_length=max_len, token_budget=budget, strip_output=cfg.iterit_strip_output, chat_template=iterit_template(cfg))
+        r = [] if empty else iterit_ifd(model, tokenizer, samples, max_length=max_len, token_budget=budget, strip_output=cfg.iterit_strip_output, chat_template=iterit_template(cfg), add_pad=cfg.iterit_add_pad)
         return pl.DataFrame({
             "row_id": ids,
             "iterit_cl": [x.cl for x in r],
@@ -135,7 +137,8 @@ def method_version(method: str, scorer: CausalLMScorerResource, cfg: InstanceSco
         "ifd": [cfg.max_length],
         "tshirt": [cfg.max_length, cfg.tshirt_copies, cfg.tshirt_alpha, cfg.seed],
         "cherry": [cfg.cherry_max_length, cfg.cherry_prompt],
-        "iterit": [cfg.iterit_max_length, cfg.iterit_strip_output, iterit_template(cfg)],
+        # The [PAD] option joins the key only when on, so results cached without it stay valid.
+        "iterit": [cfg.iterit_max_length, cfg.iterit_strip_output, iterit_template(cfg)] + (["add_pad"] if cfg.iterit_add_pad else []),
     }[method]
     return version_hash(method, scorer.identity(), params)
 
@@ -236,10 +239,16 @@ class ComparativeScoresConfig(dg.Config):
     both_orders: bool = Field(False, description="Also score every pair in swapped order (position-bias averaging).")
     seed: int = Field(0, description="Seed of the re-pairings and of the odd leftover's partner.")
     chunk_pairs: int = Field(256, description="Judge calls per cached chunk.")
+    parser: Literal["robust", "reference"] = Field(
+        "robust",
+        description="robust: the prompt filled once, odd leftovers paired, unparseable answers re-asked (never 0); "
+        "reference: TACOS exactly (chained replacement, odd last item dropped, regex '[Response k] Score: n', missing = 0).",
+    )
 
 
-def _judge(pairs: pl.DataFrame, texts: dict[str, tuple[str, str]], judge: JudgeResource) -> pl.DataFrame:
-    results = judge.generate([comparative.pair_messages(texts[a], texts[b]) for a, b in zip(pairs["first"], pairs["second"])], comparative.parse_pair_scores)
+def _judge(pairs: pl.DataFrame, texts: dict[str, tuple[str, str]], judge: JudgeResource, reference: bool = False) -> pl.DataFrame:
+    parse = comparative.parse_pair_scores_reference if reference else comparative.parse_pair_scores
+    results = judge.generate([comparative.pair_messages(texts[a], texts[b], chained=reference) for a, b in zip(pairs["first"], pairs["second"])], parse)
     return pairs.select("row_id").with_columns(
         pl.Series("score_first", [r.value[0] if r.ok else None for r in results], dtype=pl.Float64),
         pl.Series("score_second", [r.value[1] if r.ok else None for r in results], dtype=pl.Float64),
@@ -252,6 +261,7 @@ def _judge(pairs: pl.DataFrame, texts: dict[str, tuple[str, str]], judge: JudgeR
     group_name="scores",
     kinds={"parquet", "polars"},
     automation_condition=global_refresh(),
+    retry_policy=ENDPOINT_RETRY_POLICY,
     description="TACOS comparative scores: one row per (row, cluster, round) judgement, 0-100, with its partner.",
 )
 def comparative_scores(
@@ -266,22 +276,20 @@ def comparative_scores(
         empty = pl.DataFrame(schema=COMPARISON_SCHEMA)
         return dg.MaterializeResult(value=empty, metadata={"dagster/row_count": 0, "judge": "disabled"})
     # TACOS lists each cluster's members, and the clusters, in the order label sets first appear.
-    reps = normalized_tags.filter(pl.col("labelset_representative")).sort("labelset_first_seen", maintain_order=True).select("row_id", "clusters")
-    members: dict[int, list[str]] = {}
-    for row_id, clusters in reps.iter_rows():
-        for c in clusters:
-            members.setdefault(int(c), []).append(row_id)
-    plan = comparative.plan_comparisons(members, rounds=config.rounds, both_orders=config.both_orders, seed=config.seed)
+    reps = normalized_tags.filter(pl.col("labelset_representative")).sort("labelset_first_seen", maintain_order=True).select("row_id", "clusters_in_tag_order")
+    members = comparative.cluster_members(reps.iter_rows())
+    reference = config.parser == "reference"
+    plan = comparative.plan_comparisons(members, rounds=config.rounds, both_orders=config.both_orders, seed=config.seed, drop_odd=reference)
     # The judge sees instruction + input, concatenated as api_score_pairs.py does.
     judged_text = pl.concat_str(pl.col("instruction"), pl.col("input").fill_null(""))
     judged_rows = pool_rows(shard_frames(context, storage, "raw_pool")).filter(pl.col("row_id").is_in(reps["row_id"].implode()))
     texts = {r: (i, o) for r, i, o in judged_rows.select("row_id", judged_text, "response").collect().iter_rows()}
-    version = version_hash("tacos-pair", judge.generation_key(), comparative.JUDGE_SYSTEM, comparative.PAIR_PROMPT)
+    version = version_hash("tacos-pair" + ("-reference" if reference else ""), judge.generation_key(), comparative.JUDGE_SYSTEM, comparative.PAIR_PROMPT)
     pairs = pl.DataFrame(
         {"first": [p.first for p in plan], "second": [p.second for p in plan]}, schema={"first": pl.String, "second": pl.String}
     ).unique(maintain_order=True).with_columns((pl.col("first") + "|" + pl.col("second")).alias("row_id"))
     judged, stats = compute_missing(
-        pairs, storage.row_cache("comparative_scores", version), lambda chunk: _judge(chunk, texts, judge),
+        pairs, storage.row_cache("comparative_scores", version), lambda chunk: _judge(chunk, texts, judge, reference),
         chunk_rows=config.chunk_pairs, keep=lambda r: r["error"].is_null(), log=context.log.info,
     )
     by_pair = {k: v for k, *v in judged.iter_rows()}

@@ -8,6 +8,7 @@ from curation_assets import ui
 from curation_assets.automation import shard_refresh
 from curation_assets.partitions import pool_shards
 from curation_assets.rowwise import compute_missing
+from resources.llm import ENDPOINT_RETRY_POLICY
 from resources.storage import CurationStorage
 from resources.tagger import TaggerResource
 
@@ -61,6 +62,7 @@ def _metadata(tags: pl.DataFrame, stats, tagger: TaggerResource) -> dict:
     kinds={"parquet", "polars"},
     pool="gpu",
     automation_condition=shard_refresh(),
+    retry_policy=ENDPOINT_RETRY_POLICY,
     description="Open tags per canonical row; rows already tagged by the same tagger config are reused.",
 )
 def open_tags(

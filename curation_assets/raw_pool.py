@@ -20,7 +20,7 @@ from curation_assets.methods.ingest import (
 from curation_assets.partitions import pool_shards
 from resources.storage import CurationStorage
 
-INGEST_VERSION = "1"
+INGEST_VERSION = "2"  # 2: control characters stripped, too_deep
 ROW_GROUP_ROWS = 20_000  # small row groups keep the streaming writes of big shards in bounded memory
 
 POOL_COLUMNS = {
@@ -45,6 +45,7 @@ class RawPoolConfig(dg.Config):
     """Defaults for every file; a sidecar `<file>.ingest.json` overrides them per file."""
 
     max_record_bytes: int = Field(1_000_000, description="Records larger than this go to quarantine.")
+    max_depth: int = Field(64, description="Records whose lists/objects nest deeper go to quarantine (too_deep).")
     allow_empty_response: bool = Field(False, description="Keep rows without a response (target sets).")
     strip_markers: list[str] = Field(["<|endoftext|>"], description="End markers removed from responses.")
     column_map: dict[str, str] = Field({}, description="target field -> source column or {template}.")
@@ -53,6 +54,7 @@ class RawPoolConfig(dg.Config):
     def options(self) -> IngestOptions:
         return IngestOptions(
             max_record_bytes=self.max_record_bytes,
+            max_depth=self.max_depth,
             allow_empty_response=self.allow_empty_response,
             strip_markers=list(self.strip_markers),
             column_map=dict(self.column_map),

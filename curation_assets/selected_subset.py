@@ -59,6 +59,7 @@ class SelectionConfig(dg.Config):
     iterit_gamma: float = Field(0.1, description="iterit: n-gram weight decay per selected response.")
     iterit_eos: str | None = Field(None, description="iterit: EOS string appended to each response document; null = the scorer tokenizer's.")
     ifd_threshold: float = Field(1.0, description="superfiltering: keep IFD below this.")
+    reference_pool_size: int | None = Field(None, description="superfiltering: a rate budget takes int(this x rate) rows, as select_data.py's hard-coded 52002 (Alpaca); null = the rate of the candidates.")
     score: str = Field("ifd_ppl", description="top_k: the score to rank by.")
     descending: bool = Field(True, description="top_k: higher is better.")
     score_below: float | None = Field(None, description="top_k: keep only scores below this.")

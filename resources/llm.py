@@ -2,8 +2,9 @@
 
 `generate` sends many conversations and returns, for each, the parsed answer or the reason it has
 none. A transport error (time-out, 429, 5xx, broken response) or an answer the parser rejects is
-retried with exponential back-off; a conversation still failing after `max_retries` retries comes
-back with `ok=False` and its last error, never silently dropped.
+retried with exponential back-off and jitter (tenacity; a 4xx other than 429 is not retried); a
+conversation still failing after `max_retries` retries comes back with `ok=False` and its last
+error, never silently dropped.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import asyncio
 import functools
 import hashlib
 import os
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -20,6 +20,7 @@ from typing import Any, Literal
 import dagster as dg
 import httpx
 import orjson
+import tenacity
 from pydantic import Field
 
 from resources.models import ModelNotAvailableError, pick_device, resolve_model_path
@@ -38,6 +39,11 @@ class Completion:
     text: str | None = None
     error: str | None = None
     attempts: int = 0
+
+
+# For the assets that call endpoints: a step that still fails after the per-request retries (an
+# outage, a crashed worker) is retried by Dagster, and its cached chunks make the retry resume.
+ENDPOINT_RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 
 
 class ChatModelResource(dg.ConfigurableResource):
@@ -75,8 +81,51 @@ class ChatModelResource(dg.ConfigurableResource):
         if not conversations:
             return []
         if self.backend == "openai":
-            return asyncio.run(_openai_generate(self, conversations, parse))
+            key = api_key(self.api_key_env)
+            try:
+                completions = asyncio.run(_openai_generate(self, conversations, parse))
+            except Exception as exc:
+                if key and key in str(exc):
+                    # Dagster stores an escaping error's text and its cause: neither may hold the key.
+                    raise RuntimeError(redact(f"{type(exc).__name__}: {exc}", key)) from None
+                raise
+            return [redact_completion(c, key) for c in completions]
         return _transformers_generate(self, conversations, parse)
+
+
+REDACTED = "[REDACTED]"
+
+
+def api_key(env_var: str) -> str:
+    """The API key, from the environment only (never from config, so never in run config or logs)."""
+    return os.environ.get(env_var, "")
+
+
+def redact(text: str | None, secret: str) -> str | None:
+    """`text` with every occurrence of `secret` replaced: endpoints echo keys in error bodies."""
+    if not text or not secret:
+        return text
+    return text.replace(secret, REDACTED)
+
+
+def redact_completion(completion: Completion, secret: str) -> Completion:
+    """What we store of an answer (its text, its error) never carries the key."""
+    if secret:
+        completion.text = redact(completion.text, secret)
+        completion.error = redact(completion.error, secret)
+        completion.value = _redact_value(completion.value, secret)
+    return completion
+
+
+def _redact_value(value: Any, secret: str) -> Any:
+    """A parsed answer (tags, scores) with the key redacted in every string it holds."""
+    if isinstance(value, str):
+        return redact(value, secret)
+    if isinstance(value, list):
+        return [_redact_value(v, secret) for v in value]
+    if isinstance(value, dict):
+        return {k: _redact_value(v, secret) for k, v in value.items()}
+    return value
 
 
 def version_hash(*parts: Any) -> str:
@@ -90,8 +139,26 @@ class _Retryable(Exception):
     pass
 
 
+class _Refused(Exception):
+    """A 4xx other than 429 (bad request, auth): retrying will not help."""
+
+
+# Worth another attempt: time-outs, connection errors, 429 and 5xx, broken bodies, unparseable answers.
+_RETRY_ON = (httpx.TimeoutException, httpx.TransportError, _Retryable, ParseError)
+
+
+def _describe(exc: BaseException, cfg: ChatModelResource) -> str:
+    if isinstance(exc, httpx.TimeoutException):
+        return f"timed out after {cfg.timeout_s}s"
+    if isinstance(exc, httpx.TransportError):
+        return f"connection error: {type(exc).__name__}"
+    if isinstance(exc, ParseError):
+        return f"unparseable answer: {exc}"
+    return str(exc)
+
+
 async def _openai_generate(cfg: ChatModelResource, conversations: list[Messages], parse) -> list[Completion]:
-    key = os.environ.get(cfg.api_key_env, "")
+    key = api_key(cfg.api_key_env)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     limits = httpx.Limits(max_connections=cfg.max_concurrency, max_keepalive_connections=cfg.max_concurrency)
     semaphore = asyncio.Semaphore(cfg.max_concurrency)
@@ -102,33 +169,34 @@ async def _openai_generate(cfg: ChatModelResource, conversations: list[Messages]
             body = {"model": cfg.model, "messages": messages, "temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens}
             if cfg.seed is not None:
                 body["seed"] = cfg.seed
-            error = None
-            for attempt in range(cfg.max_retries + 1):
-                if attempt:
-                    await asyncio.sleep(cfg.backoff_s * 2 ** (attempt - 1) * (0.75 + 0.5 * random.random()))
-                text = None
+            last_text: list[str | None] = [None]
+
+            async def attempt():
+                last_text[0] = None
+                async with semaphore:
+                    response = await client.post(url, json=body)
+                if response.status_code == 429 or response.status_code >= 500:
+                    raise _Retryable(f"HTTP {response.status_code}")
+                if response.status_code >= 400:
+                    raise _Refused(f"HTTP {response.status_code}: {response.text[:200]}")
                 try:
-                    async with semaphore:
-                        response = await client.post(url, json=body)
-                    if response.status_code == 429 or response.status_code >= 500:
-                        raise _Retryable(f"HTTP {response.status_code}")
-                    if response.status_code >= 400:  # bad request, auth: retrying will not help
-                        return Completion(False, error=f"HTTP {response.status_code}: {response.text[:200]}", attempts=attempt + 1)
-                    try:
-                        text = response.json()["choices"][0]["message"]["content"]
-                    except (ValueError, KeyError, IndexError, TypeError) as exc:
-                        raise _Retryable(f"malformed response: {str(exc)[:100]}") from exc
-                    return Completion(True, value=parse(text), text=text, attempts=attempt + 1)
-                except httpx.TimeoutException:
-                    error = f"timed out after {cfg.timeout_s}s"
-                except httpx.TransportError as exc:
-                    error = f"connection error: {type(exc).__name__}"
-                except _Retryable as exc:
-                    error = str(exc)
-                except ParseError as exc:
-                    error = f"unparseable answer: {exc}"
-                last_text = text
-            return Completion(False, text=last_text, error=error, attempts=cfg.max_retries + 1)
+                    text = response.json()["choices"][0]["message"]["content"]
+                except (ValueError, KeyError, IndexError, TypeError) as exc:
+                    raise _Retryable(f"malformed response: {str(exc)[:100]}") from exc
+                last_text[0] = text
+                return parse(text)
+
+            retrying = tenacity.AsyncRetrying(
+                stop=tenacity.stop_after_attempt(cfg.max_retries + 1),
+                wait=tenacity.wait_exponential_jitter(initial=cfg.backoff_s, jitter=cfg.backoff_s / 2),
+                retry=tenacity.retry_if_exception_type(_RETRY_ON),
+                reraise=True,
+            )
+            try:
+                value = await retrying(attempt)
+            except (_Refused, *_RETRY_ON) as exc:
+                return Completion(False, text=last_text[0], error=_describe(exc, cfg), attempts=retrying.statistics["attempt_number"])
+            return Completion(True, value=value, text=last_text[0], attempts=retrying.statistics["attempt_number"])
 
         return list(await asyncio.gather(*(one(m) for m in conversations)))
 

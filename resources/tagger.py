@@ -4,7 +4,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from curation_assets.methods.tagging import PROMPTS, keyphrase_tags, parse_tags, tagging_messages
+from curation_assets.methods.tagging import PROMPTS, keyphrase_tags, parse_tags, parse_tags_reference, tagging_messages
 from resources.llm import ChatModelResource, Completion, version_hash
 from resources.models import PACKAGED_EMBEDDER, EmbedderResource
 
@@ -21,6 +21,7 @@ class TaggerResource(ChatModelResource):
     prompt_style: Literal["instag", "atomic"] = Field("instag", description="instag: InsTag/TACOS intention tags; atomic: TAGS knowledge concepts.")
     temperature: float = 0.6
     include_input: bool = Field(False, description="Show the Alpaca input field too (TACOS shows the instruction only).")
+    parser: Literal["robust", "reference"] = Field("robust", description="LLM answers: robust (validated, tags stripped; see parse_tags) or reference (TACOS's fenced-or-plain JSON split, tags verbatim).")
     embedder_model: str = Field(PACKAGED_EMBEDDER, description="keyphrase backend: sentence-transformers model.")
     top_n: int = Field(5, description="keyphrase backend: tags per instruction.")
     max_ngram: int = Field(2, description="keyphrase backend: longest keyphrase in words.")
@@ -31,6 +32,8 @@ class TaggerResource(ChatModelResource):
             key = {"backend": "keyphrase", "embedder": self.embedder_model, "top_n": self.top_n, "max_ngram": self.max_ngram, "diversity": self.diversity}
         else:
             key = {**self.generation_key(), "prompt": self.prompt_style, "prompt_text": PROMPTS[self.prompt_style]}
+            if self.parser != "robust":  # robust answers cached before the setting existed stay valid
+                key["parser"] = self.parser
         return version_hash(key, self.include_input)
 
     def text_for(self, instruction: str, input_text: str) -> str:
@@ -41,4 +44,5 @@ class TaggerResource(ChatModelResource):
             embedder = EmbedderResource(model=self.embedder_model, device=self.device)
             tags = keyphrase_tags(texts, embedder.encode, top_n=self.top_n, ngram_range=(1, self.max_ngram), diversity=self.diversity)
             return [Completion(True, value=t, attempts=1) if t else Completion(False, error="no keyphrase found", attempts=1) for t in tags]
-        return self.generate([tagging_messages(t, self.prompt_style) for t in texts], parse_tags)
+        parse = parse_tags_reference if self.parser == "reference" else parse_tags
+        return self.generate([tagging_messages(t, self.prompt_style) for t in texts], parse)

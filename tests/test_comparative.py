@@ -11,7 +11,10 @@ import pytest
 
 from conftest import land
 from curation_assets.instance_scores import JudgeResource, comparative_scores
-from curation_assets.methods.comparative import bradley_terry, pair_messages, parse_pair_scores, plan_comparisons
+from curation_assets.methods import selection
+from curation_assets.methods.comparative import (
+    PAIR_PROMPT, bradley_terry, cluster_members, pair_messages, parse_pair_scores, parse_pair_scores_reference, plan_comparisons,
+)
 from curation_assets.normalized_tags import normalized_tags
 from curation_assets.open_tags import open_tags
 from curation_assets.raw_pool import raw_pool
@@ -47,6 +50,43 @@ def test_prompt_keeps_placeholder_like_text():
     assert "Explain {response_2} please" in user and "It is {instruction_1}." in user and user.endswith("[Response 2]\nA2")
 
 
+def tacos_scores(result):
+    """sorted_1000.py's reading restated: the first match of each regex, 0 when there is none."""
+    scores_1 = re.findall(r"\[Response 1\] Score: (\d+)", result) or [0]
+    scores_2 = re.findall(r"\[Response 2\] Score: (\d+)", result) or [0]
+    return int(scores_1[0]), int(scores_2[0])
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "[Response 1] Score: 85\n[Response 2] Score: 72",
+        "[Response 1] Score: 85\n[Response 1] Score: 10\n[Response 2] Score: 150",  # first match wins; no range check
+        "[Response 1]: 85\n[Response 2]: 72",  # the pair prompt's own format: the regex misses both
+        "[Response 1] Score: 85.5\n[Response 2] Score:90",  # 85 from "85.5"; "Score:90" has no space
+        "[response 1] score: 60\n**[Response 2] Score: 40**",
+        "No scores at all.",
+    ],
+)
+def test_reference_judge_parser_reproduces_sorted_1000(answer):
+    assert parse_pair_scores_reference(answer) == tacos_scores(answer)
+
+
+def test_reference_prompt_is_filled_by_chained_replacement():
+    first, second = ("Explain {response_2} please.", "Sure."), ("Say hi.", "Hi!")
+    chained = pair_messages(first, second, chained=True)[1]["content"]
+    expected = PAIR_PROMPT
+    for placeholder, value in (("{instruction_1}", first[0]), ("{instruction_2}", second[0]), ("{response_1}", first[1]), ("{response_2}", second[1])):
+        expected = expected.replace(placeholder, value)  # api_score_pairs.py's order
+    assert chained == expected and "Explain Hi! please." in chained
+    assert "Explain {response_2} please." in pair_messages(first, second)[1]["content"]  # filled once
+
+
+def test_reference_plan_drops_an_odd_clusters_last_item():
+    plan = plan_comparisons({0: ["a", "b", "c"], 1: ["x"]}, drop_odd=True)
+    assert [(p.cluster, p.first, p.second, p.keep) for p in plan] == [(0, "a", "b", (True, True))]
+
+
 def test_pairing_plan():
     plan = plan_comparisons({0: ["a", "b", "c", "d", "e"], 1: ["x"], 2: ["p", "q"]}, seed=1)
     faithful = [(p.cluster, p.first, p.second, p.keep) for p in plan]
@@ -56,6 +96,34 @@ def test_pairing_plan():
     assert (2, "p", "q", (True, True)) in faithful and not any(c == 1 for c, *_ in faithful)  # a cluster of one: no partner
     swapped = plan_comparisons({0: ["a", "b"]}, rounds=2, both_orders=True, seed=0)
     assert [(p.round, p.first, p.second) for p in swapped][:2] == [(0, "a", "b"), (0, "b", "a")] and len(swapped) == 4
+
+
+def tacos_label_map(representatives):
+    """tag_process.py step 2 restated: for each representative (in file order) and each of its tags
+    in order, append the row to its tag's label unless it is there already."""
+    label_tag_dict = {}
+    for row, tag_labels in representatives:
+        for label in tag_labels:
+            if label not in label_tag_dict:
+                label_tag_dict[label] = [row]
+            elif row not in label_tag_dict[label]:
+                label_tag_dict[label].append(row)
+    return label_tag_dict
+
+
+def test_clusters_follow_the_order_of_a_rows_tags():
+    # The first representative's tags lie in clusters 7 then 3: TACOS's map lists cluster 7 first,
+    # so 7 is judged first and, at equal size, its budget visit comes first.
+    reps = [("a", [7, 3]), ("b", [3, 7]), ("c", [3])]
+    members = cluster_members(reps)
+    assert list(members.items()) == list(tacos_label_map(reps).items()) == [(7, ["a", "b"]), (3, ["a", "b", "c"])]
+    plan = plan_comparisons({7: ["a", "b"], 3: ["a", "b"]})
+    assert [p.cluster for p in plan] == [7, 3]
+    # Cluster 7 (judged first) takes row a; sorted labels would visit cluster 3 first and take a there.
+    scores = {"a": 90, "b": 80}
+    judged = [(["a", "b"].index(r), p.cluster, scores[r]) for p in plan for r in (p.first, p.second)]
+    result = selection.tacos_select(judged, budget=2, per_cluster=1, fill=False)
+    assert result.selected == [0, 1] and result.picked_in == {0: 7, 1: 3}
 
 
 def test_bradley_terry_orders_by_wins_and_solves_its_likelihood_equations():
@@ -129,6 +197,34 @@ def test_asset_scores_pairs_within_clusters_with_a_local_judge(tmp_path, resourc
     assert scored_rows <= reps
     meta = result.asset_materializations_for_node("comparative_scores")[0].metadata
     assert meta["failed_judgements"].value == 0 and "data:image/png" in meta["score_histogram"].value
+
+
+def test_asset_with_the_reference_parser(tmp_path, resources, instance):
+    rows = [{"instruction": f"Write a Python function number {i} that sorts a list.", "output": "x" * (10 + i)} for i in range(5)]
+    rows += [{"instruction": f"Explain photosynthesis in plants, part {i}.", "output": "y" * (5 + i)} for i in range(4)]
+    path = tmp_path / "pool.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    key = land(resources, path)
+    instance.add_dynamic_partitions("pool_shards", [key])
+    assets = [raw_pool, open_tags, normalized_tags, comparative_scores]
+    assert dg.materialize(assets[:2], resources=resources, partition_key=key, instance=instance).success
+
+    def reply(body, attempt):
+        user = body["messages"][-1]["content"]
+        return 200, ("I like both." if "part 1" in user else "[Response 1] Score: 150\n[Response 2] Score: 70"), 0
+
+    config = {"ops": {"normalized_tags": {"config": {"alpha": 1, "n_clusters": 2, "merge_threshold": None}}, "comparative_scores": {"config": {"parser": "reference"}}}}
+    with stub_server(reply) as (stub, url):
+        judged = {**resources, "judge": JudgeResource(enabled=True, base_url=url, model="stub", backoff_s=0.01)}
+        result = dg.materialize(assets, resources=judged, instance=instance, selection=["normalized_tags", "tag_vocabulary", "comparative_scores"], run_config=config)
+        assert result.success
+    table = pl.read_parquet(resources["storage"].asset_file("comparative_scores"))
+    tags = pl.read_parquet(resources["storage"].asset_file("normalized_tags"))
+    members = cluster_members(tags.filter(pl.col("labelset_representative")).sort("labelset_first_seen").select("row_id", "clusters_in_tag_order").iter_rows())
+    # Consecutive pairs only, an odd cluster's last item dropped; one call per pair, none re-asked.
+    assert table.height == sum(len(m) // 2 * 2 for m in members.values()) == 2 * stub.calls
+    assert set(table["score"].to_list()) <= {150.0, 70.0, 0.0} and table["error"].null_count() == table.height
+    assert 150.0 in table["score"].to_list()
 
 
 def test_disabled_judge_gives_an_empty_table(tmp_path, resources, instance):

@@ -121,7 +121,7 @@ def test_cherry_prompt_modes(mode):
 def test_iterit_chat_template_ifd(dataset):
     """IFD matches. The reference's cl and pl run ~1e-3 higher: it adds a [PAD] token to the vocabulary
     (mean-initialized), which enlarges every softmax by one logit in both passes; their ratio, the
-    score, is unaffected to 1e-6. We score the model as it is."""
+    score, is unaffected to 1e-6. By default we score the model as it is (add_pad reproduces them)."""
     name, samples = dataset
     tokenizer, lm = model("tiny_llama")
     ours = iterit_ifd(lm, tokenizer, samples, max_length=2048, strip_output=False)
@@ -131,6 +131,35 @@ def test_iterit_chat_template_ifd(dataset):
         if r["batch1"]["cl"] is not None:
             assert abs(o.cl - r["batch1"]["cl"]) < 5e-3 and abs(o.pl - r["batch1"]["pl"]) < 5e-3
         assert (np.isnan(o.ifd_bf16) and r["batch1"]["ifd_bf16"] is None) or o.ifd_bf16 == r["batch1"]["ifd_bf16"]
+
+
+def test_iterit_add_pad_reproduces_the_references_losses(dataset):
+    """With add_pad, cl and pl match the reference's (computed after train.py's [PAD]) to 1e-5, and
+    scoring the model resized as smart_tokenizer_and_embedding_resize does gives the same numbers."""
+    name, samples = dataset
+    tokenizer, lm = model("tiny_llama")
+    assert tokenizer.pad_token is None
+    ours = iterit_ifd(lm, tokenizer, samples, max_length=2048, strip_output=False, add_pad=True)
+    for o, r in zip(ours, expected("iterit_ifd.json", name), strict=True):
+        assert same(o.ifd, r["batch1"]["ifd"]) and same(o.cl, r["batch1"]["cl"]) and same(o.pl, r["batch1"]["pl"]), r["row"]
+    if name != "parity_rows":
+        return
+    # train.py's resize restated on a copy: add [PAD], resize, the new rows the mean of the old.
+    import copy
+
+    import torch
+
+    resized_tok, resized = copy.deepcopy(tokenizer), copy.deepcopy(lm)
+    assert resized_tok.add_special_tokens({"pad_token": "[PAD]"}) == 1
+    resized.resize_token_embeddings(len(resized_tok))
+    with torch.no_grad():
+        for weights in (resized.get_input_embeddings().weight, resized.get_output_embeddings().weight):
+            weights[-1:] = weights[:-1].mean(dim=0, keepdim=True)
+    direct = iterit_ifd(resized, resized_tok, samples, max_length=2048, strip_output=False)
+    plain = iterit_ifd(lm, tokenizer, samples, max_length=2048, strip_output=False)
+    for a, b, p in zip(ours, direct, plain):
+        assert same(a.cl, b.cl) and same(a.pl, b.pl)
+        assert np.isnan(p.cl) or p.cl != a.cl  # the option does change the losses
 
 
 def test_iterit_strips_outputs_by_default():

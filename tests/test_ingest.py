@@ -192,6 +192,8 @@ def test_ragged_and_non_utf8_csv_rows(tmp_path):
     [
         ("broken.json", b'[{"instruction": "a", "output": "b"}, {"instr', "not valid JSON"),
         ("corrupt.jsonl.gz", b"this is not gzip data at all", "cannot decompress"),
+        ("corrupt.jsonl.zst", b"this is not zstd data at all", "cannot decompress"),  # zstandard.ZstdError
+        ("cut.jsonl.zst", zstandard.ZstdCompressor().compress(b'{"instruction": "a", "output": "b"}\n' * 500)[:40], "cannot decompress"),
         ("notes.docx", b"PK\x03\x04", "unsupported file type"),
         ("bare.json", b'{"meta": 1, "n": 2}', "records_path"),
         ("bad.parquet", b"PAR1 not really", "Parquet"),

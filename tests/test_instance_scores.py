@@ -28,11 +28,11 @@ def test_out_of_memory_batches_are_split(monkeypatch):
     real = engine._forward_batch
     sizes = []
 
-    def small_gpu(model, requests):
+    def small_gpu(model, requests, *args):
         sizes.append(len(requests))
         if len(requests) > 3:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(model, requests)
+        return real(model, requests, *args)
 
     monkeypatch.setattr(engine, "_forward_batch", small_gpu)
     got = plain_ifd(model, tokenizer, samples, token_budget=1 << 20)

@@ -62,6 +62,40 @@ def test_frequency_filter_counts_rows_after_the_rules(encode):
     assert set(vocab_raw["stem"]) == {"word"}
 
 
+def tacos_frequency_filter(tag_lists, alpha):
+    """tag_cluster.py's count_tag_frequency + filter_tag_by_frequency restated: count every
+    occurrence of each raw string, drop those below alpha, drop rows left without tags."""
+    count = {}
+    for tags in tag_lists:
+        for tag in tags:
+            count[tag] = count.get(tag, 0) + 1
+    kept = {t for t, n in count.items() if n >= alpha}
+    return [[t for t in tags if t in kept] for tags in tag_lists]
+
+
+def test_raw_count_counts_occurrences_as_tacos(encode):
+    # "Math" occurs 3 times in 2 rows (the tagger repeated it once): TACOS keeps it at alpha 3.
+    tags = [["Math", "Algebra", "Math"], ["Math"], ["Poetry"], ["Poetry"], ["Algebra"], ["Algebra"]]
+    expected = tacos_frequency_filter(tags, alpha=3)
+    assert expected == [["Math", "Algebra", "Math"], ["Math"], [], [], ["Algebra"], ["Algebra"]]
+    out, vocab = normalize_tags(rows_from(tags), encode, NormalizationSettings(alpha=3, count_on="raw", merge_threshold=None, n_clusters=2))
+    assert [sorted(set(t)) for t in out["canonical_tags"].to_list()] == [sorted(set(t)) for t in expected]
+    assert vocab.filter(pl.col("raw_tag") == "Math")["raw_count"].item() == 3
+    assert vocab.filter(pl.col("raw_tag") == "Poetry")["dropped_reason"].item() == "occurs fewer than 3 times"
+    # Counting rows (the default, after the rules) drops "Math": 2 rows < 3.
+    rows, _ = normalize_tags(rows_from(tags), encode, NormalizationSettings(alpha=3, merge_threshold=None, n_clusters=2))
+    assert rows["canonical_tags"].to_list()[1] == []
+
+
+def test_clusters_in_tag_order_follow_the_rows_tags(encode):
+    tags = [["poetry", "sorting algorithms"], ["sorting algorithms", "poetry"], ["poetry"], ["sorting algorithms"]]
+    out, vocab = normalize_tags(rows_from(tags), encode, NormalizationSettings(alpha=1, merge_threshold=None, n_clusters=2))
+    cluster = dict(zip(vocab["raw_tag"], vocab["cluster"]))
+    assert cluster["poetry"] != cluster["sorting algorithms"]
+    assert out["clusters_in_tag_order"].to_list() == [[cluster[t] for t in row] for row in tags]
+    assert out["clusters"].to_list()[:2] == [sorted(cluster.values())] * 2  # the label set stays sorted
+
+
 def test_semantic_merge_joins_near_synonyms_under_the_most_used(encode):
     tags = [["data visualization"], ["data visualization"], ["data visualisation"], ["colour theory"], ["color theory"], ["color theory"], ["poetry"]]
     out, vocab = normalize_tags(rows_from(tags), encode, NormalizationSettings(alpha=1, n_clusters=3))

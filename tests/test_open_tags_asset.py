@@ -80,8 +80,8 @@ def test_interrupted_run_resumes_without_redoing_or_duplicating(tmp_path, resour
 
     def crash_on_second_chunk(self, texts):
         calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("worker killed")
+        if calls["n"] == 2:  # not retried by the step's RetryPolicy: the run fails
+            raise dg.Failure("worker killed", allow_retries=False)
         return real(self, texts)
 
     monkeypatch.setattr(TaggerResource, "tag", crash_on_second_chunk)
@@ -92,6 +92,24 @@ def test_interrupted_run_resumes_without_redoing_or_duplicating(tmp_path, resour
     assert meta(resumed)["reused_from_cache"].value == 4 and meta(resumed)["computed_now"].value == 2
     table = pl.read_parquet(resources["storage"].asset_file("open_tags", key))
     assert table.height == 6 and table["row_id"].n_unique() == 6
+
+
+def test_failed_step_is_retried_and_resumes_from_its_cached_chunks(tmp_path, resources, instance, monkeypatch):
+    key = ingested_shard(tmp_path, resources, instance, "r.jsonl", ROWS_A)
+    real = TaggerResource.tag
+    calls = {"n": 0}
+
+    def outage_on_second_chunk(self, texts):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("endpoint outage")
+        return real(self, texts)
+
+    monkeypatch.setattr(TaggerResource, "tag", outage_on_second_chunk)
+    result = tag(resources, instance, key, run_config={"ops": {"open_tags": {"config": {"chunk_rows": 4}}}})
+    assert result.success  # the RetryPolicy ran the step again in the same run
+    assert any(e.event_type_value == "STEP_UP_FOR_RETRY" for e in result.all_events)
+    assert meta(result)["reused_from_cache"].value == 4 and meta(result)["computed_now"].value == 2
 
 
 @pytest.mark.parametrize("secret", ["sk-never-log-me"])

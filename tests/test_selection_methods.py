@@ -32,6 +32,24 @@ def test_superfiltering_matches_select_data(case):
         assert rules.superfiltering(ifd, budget, i["filter_threash"]) == case["outputs"][variant]["selected"]
 
 
+def test_superfiltering_reference_pool_size_reproduces_the_hardcoded_count():
+    from curation_assets.methods.strategies import Candidates, pick_superfiltering
+    from curation_assets.selected_subset import SelectionConfig
+
+    # select_data.py: sample_num = int(52002 * sample_rate) whatever the file holds; then IFD < 1,
+    # sorted descending (stable), the first sample_num.
+    ifd = [0.5, 1.2, 0.9, float("nan"), 0.7, 0.9, 0.2, 0.95, 0.3, 0.6]
+    rate = 0.0001  # int(52002 * 0.0001) = 5 rows, where a rate of these 10 rows would be 0
+    reference = sorted([i for i, v in enumerate(ifd) if v < 1], key=lambda i: ifd[i], reverse=True)[: int(52002 * rate)]
+    assert reference == [7, 2, 5, 4, 9]
+    c = Candidates(pl.DataFrame({"row_id": [str(i) for i in range(10)], "ifd_ppl": ifd}))
+    picked = pick_superfiltering(c, rules.resolve_budget(rate, c.n), SelectionConfig(strategy="superfiltering", budget=rate, reference_pool_size=52002))
+    assert picked.order == reference and picked.budget == 5 and "52,002" in picked.budget_rule
+    assert pick_superfiltering(c, rules.resolve_budget(rate, c.n), SelectionConfig(strategy="superfiltering", budget=rate)).order == []
+    # A count budget is a count either way.
+    assert pick_superfiltering(c, 3, SelectionConfig(strategy="superfiltering", budget=3, reference_pool_size=52002)).order == [7, 2, 5]
+
+
 @pytest.mark.parametrize("case", cases("cherry_select.json"), ids=lambda c: c["name"])
 def test_cherry_matches_data_by_ifd(case):
     i = case["inputs"]
@@ -82,7 +100,7 @@ def test_tacos_quotas_visit_small_clusters_first_and_fill():
     scores = [(0, 3, 90), (1, 3, 80), (2, 3, 70), (3, 3, 60), (1, 7, 95), (4, 7, 50), (5, 3, 101)]
     result = rules.tacos_select(scores, budget=4, per_cluster=1, fill=False)
     assert result.selected == [1, 0]  # cluster 7 first takes row 1; cluster 3 skips it and takes row 0
-    assert "above" not in str(result.reason) and 5 not in result.selected  # a score over 100 never counts
+    assert 5 not in result.selected and "above 100" in result.reason[5]  # a score over 100 is never selected
     filled = rules.tacos_select(scores, budget=4, per_cluster=1, fill=True)
     assert filled.selected == [1, 0, 2, 3] and filled.picked_in[2] == -1
     assert rules.tacos_select(scores, budget=2, mode="global").selected == [0, 1]  # by mean: 90, 87.5
@@ -94,6 +112,53 @@ def test_tacos_ties_follow_judging_order_and_repeated_judgements_average():
     # Row 12 was judged 90 and 10 (mean 50): it ties with rows 10 and 11 and the earliest judged of them wins.
     repeated = [(10, 0, 50), (11, 0, 50), (12, 0, 90), (12, 0, 10), (13, 0, 60), (13, 0, 60)]
     assert rules.tacos_select(repeated, budget=2, per_cluster=2, fill=False).selected == [13, 10]
+
+
+def sorted_1000(judged: list[tuple[str, str, int]], per_cluster: int) -> list[str]:
+    """TACOS's sorted_1000.py restated on (cluster key, item, score) lines in file order: a cluster's
+    size is its whole judged list, scores over 100 included; clusters from the smallest (stable),
+    up to `per_cluster` items each, skipping taken items and scores over 100."""
+    result: dict[str, list[tuple[str, int]]] = {}
+    for key, item, score in judged:
+        result.setdefault(key, []).append((item, score))
+    taken = []
+    for key, values in sorted(result.items(), key=lambda kv: len(kv[1])):
+        i = 0
+        for item, score in sorted(values, key=lambda v: v[1], reverse=True):
+            if i < per_cluster and item not in taken and score <= 100:
+                taken.append(item)
+                i += 1
+    return taken
+
+
+def test_tacos_scores_above_100_count_toward_cluster_size():
+    # Cluster 1 has three judged rows, one of them over 100; cluster 2 has two. The reference visits
+    # cluster 2 first (size 2 < 3); leaving the 150 out would make both size 2 and visit cluster 1 first.
+    judged = [("1", "a", 90), ("1", "b", 150), ("1", "c", 40), ("2", "a", 95), ("2", "d", 30)]
+    expected = sorted_1000(judged, per_cluster=1)
+    assert expected == ["a", "c"]
+    ids = {"a": 0, "b": 1, "c": 2, "d": 3}
+    ours = rules.tacos_select([(ids[i], int(k), s) for k, i, s in judged], budget=10, per_cluster=1, fill=False)
+    assert ours.selected == [ids[i] for i in expected]
+    assert "above 100" in ours.reason[1]
+    # The cluster of only over-100 scores still counts as one of K: budget // K is 6 // 3 = 2, not 6 // 2.
+    only_high = [(0, 1, 90), (1, 1, 80), (2, 1, 70), (3, 2, 60), (4, 2, 50), (5, 2, 40), (6, 3, 120), (7, 3, 130)]
+    assert rules.tacos_select(only_high, budget=6, fill=False).selected == [0, 1, 3, 4]
+
+
+def test_tacos_strategy_reports_scores_above_100_as_never_selected():
+    from curation_assets.methods.strategies import Candidates, pick_tacos
+    from curation_assets.selected_subset import SelectionConfig
+
+    comparisons = pl.DataFrame({
+        "row_id": ["a", "b", "a", "c"], "cluster": [1, 1, 2, 2], "round": [0] * 4, "position": [1, 2, 1, 2],
+        "partner": ["b", "a", "c", "a"], "score": [150.0, 60.0, 80.0, 120.0], "partner_score": [60.0, 150.0, 120.0, 80.0],
+    })
+    c = Candidates(pl.DataFrame({"row_id": ["a", "b", "c", "d"]}), comparisons=comparisons)
+    picked = pick_tacos(c, 4, SelectionConfig(strategy="tacos", per_cluster=2, fill_quota=False))
+    assert sorted(picked.order) == [0, 1] and picked.gain[0] == 80.0  # a's 150 is not its value
+    assert "above 100" in picked.reason[2] and 2 in picked.ineligible
+    assert picked.reason[3].startswith("no comparative score")
 
 
 def test_budget_top_k_random():

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from curation_assets.methods.tagging import keyphrase_tags, parse_tags, tagging_messages
+import re
+
+from curation_assets.methods.tagging import keyphrase_tags, parse_tags, parse_tags_reference, tagging_messages
 from openai_stub import stub_server, tags_json
 from resources.llm import ChatModelResource, ParseError
 from resources.models import EmbedderResource
@@ -37,6 +39,69 @@ def test_parse_tags_accepts_the_usual_wrappings(answer):
 def test_parse_tags_rejects_invalid_answers(answer):
     with pytest.raises(ParseError):
         parse_tags(answer)
+
+
+def tacos_parse(key):
+    """tag_cluster.py's normalize_tag_format restated: the content between ```json\n and \n```,
+    else the whole answer, through json.loads; any exception makes the row a bad case (None)."""
+    def extract(text):
+        match = re.search(r"```json\n(.*?)\n```", text, re.DOTALL)
+        return match.group(1) if match else None
+
+    try:
+        try:
+            return json.loads(extract(key))
+        except Exception:
+            return json.loads(key)
+    except Exception:
+        return None
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        '```json\n[{"tag": " Biology ", "explanation": "x"}, {"tag": "General   Knowledge", "explanation": ""}]\n```',
+        'Tags:\n```json\n[{"tag": "Math", "explanation": "a"}]\n```\nand ```json\n[{"tag": "Other", "explanation": "b"}]\n```',
+        '[{"tag": "   ", "explanation": "blank tag"}, {"tag": "Math", "explanation": ""}]',
+        "[]",
+        '```json\n[{"tag": "NaN score", "explanation": "", "score": NaN}]\n```',
+        '```json\nnot json\n```',  # the fence fails, the whole answer fails too
+        '```JSON\n[{"tag": "Math", "explanation": ""}]\n```',  # uppercase fence: TACOS reads the whole text, which is no JSON
+        '```json\r\n[{"tag": "Math", "explanation": ""}]\r\n```',
+        "Here: [{\"tag\": \"Math\", \"explanation\": \"\"}]",
+    ],
+)
+def test_reference_parser_reproduces_tacos(answer):
+    expected = tacos_parse(answer)
+    if expected is None:
+        with pytest.raises(ParseError):
+            parse_tags_reference(answer)
+    else:
+        assert parse_tags_reference(answer) == [{"tag": t["tag"], "explanation": t["explanation"]} for t in expected]
+
+
+def test_robust_and_reference_parsers_differ_on_whitespace():
+    spaced = '[{"tag": " General   Knowledge ", "explanation": ""}]'
+    assert parse_tags(spaced)[0]["tag"] == "General Knowledge"  # stripped, inner whitespace collapsed
+    assert parse_tags_reference(spaced)[0]["tag"] == " General   Knowledge "  # TACOS keeps it verbatim
+    one_blank = '[{"tag": "Math", "explanation": ""}, {"tag": "  ", "explanation": ""}]'
+    with pytest.raises(ParseError):
+        parse_tags(one_blank)  # one whitespace-only tag rejects the whole answer
+    assert [t["tag"] for t in parse_tags_reference(one_blank)] == ["Math", "  "]
+    for crash in ('{"tag": "Math", "explanation": ""}', '[{"tag": "Math"}]', "null", "[1]"):
+        with pytest.raises(ParseError):  # TACOS parses these, then crashes on them later
+            parse_tags_reference(crash)
+
+
+def test_reference_parser_through_the_http_tagger():
+    answer = '```json\n[{"tag": "Math ", "explanation": "x"}, {"tag": "Math ", "explanation": "again"}]\n```'
+    with stub_server(lambda body, attempt: (200, answer, 0)) as (stub, url):
+        reference = http_tagger(url, parser="reference")
+        [result] = reference.tag(["What is 2 + 2?"])
+        [robust] = http_tagger(url).tag(["What is 2 + 2?"])
+    assert result.ok and [t["tag"] for t in result.value] == ["Math ", "Math "]  # repeats and spaces kept
+    assert [t["tag"] for t in robust.value] == ["Math", "Math"]
+    assert reference.version() != http_tagger(url).version()
 
 
 def test_prompt_is_filled_once():

@@ -15,6 +15,14 @@ The answer parser reads the prompt's own "[Response k]: score" lines, or failing
 variants (the last score after "Response k" counts); an answer without both scores, or with one outside
 0-100, is re-asked and at last recorded as unscored, never as 0 (the reference's regex did not match
 its own prompt's format and turned every miss into a 0).
+
+`parser="reference"` reproduces TACOS exactly instead (api_score_pairs.py, sorted_1000.py): the
+prompt filled by chained replacement (instruction 1, instruction 2, response 1, response 2, so an item
+holding another placeholder's text is rewritten), an odd cluster's last item dropped, and each score
+read by the regex `\[Response k\] Score: (\d+)`, the first match winning and a missing one read as
+0; scores above 100 are kept (the budget never selects them). With our pair prompt, whose answer
+lines are "[Response k]: score", a judge that follows the prompt scores 0 throughout, as in the
+reference; one that writes "[Response k] Score: n" (the ALIGNMENT prompt's format) is read.
 """
 
 from __future__ import annotations
@@ -50,12 +58,33 @@ _SCORE_LINE = re.compile(r"^[\s*#>-]*\[Response ([12])\][\s:=*\[]*(?:score[\s:=*
 _SCORE = re.compile(r"Response\s*([12])\s*\**\s*\]?\s*\**\s*(?:score|rating)?\s*\**\s*[:：=\-]?\s*\**\s*\[?\s*(-?\d+(?:\.\d+)?)", re.IGNORECASE)
 
 
-def pair_messages(first: tuple[str, str], second: tuple[str, str]) -> Messages:
+def pair_messages(first: tuple[str, str], second: tuple[str, str], *, chained: bool = False) -> Messages:
     """The judge prompt for (instruction, response) pairs; filled once, so text that looks like a
-    placeholder inside an item is left alone."""
-    fields = {"instruction_1": first[0], "response_1": first[1], "instruction_2": second[0], "response_2": second[1]}
-    user = re.sub(r"\{(instruction_[12]|response_[12])\}", lambda m: fields[m.group(1)], PAIR_PROMPT)
+    placeholder inside an item is left alone. `chained` fills it as api_score_pairs.py does, one
+    str.replace after another, where it is not."""
+    fields = {"instruction_1": first[0], "instruction_2": second[0], "response_1": first[1], "response_2": second[1]}
+    if chained:
+        user = PAIR_PROMPT
+        for name, value in fields.items():  # the reference's order
+            user = user.replace("{" + name + "}", value)
+    else:
+        user = re.sub(r"\{(instruction_[12]|response_[12])\}", lambda m: fields[m.group(1)], PAIR_PROMPT)
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
+
+
+_REFERENCE_SCORE = {k: re.compile(rf"\[Response {k}\] Score: (\d+)") for k in ("1", "2")}
+
+
+def parse_pair_scores_reference(text: str) -> tuple[float, float]:
+    """sorted_1000.py's reading: the first `[Response k] Score: <digits>` for each k, 0 where there
+    is none; no range check. Only an empty answer is an error (api_score_pairs.py saves none)."""
+    if not text:
+        raise ParseError("empty answer")
+    scores = []
+    for k in ("1", "2"):
+        found = _REFERENCE_SCORE[k].findall(text)
+        scores.append(float(int(found[0])) if found else 0.0)
+    return scores[0], scores[1]
 
 
 def parse_pair_scores(text: str) -> tuple[float, float]:
@@ -87,11 +116,26 @@ class Comparison:
     keep: tuple[bool, bool] = (True, True)
 
 
-def plan_comparisons(members: dict[int, list[str]], *, rounds: int = 1, both_orders: bool = False, seed: int = 0) -> list[Comparison]:
+def cluster_members(representatives) -> dict[int, list[str]]:
+    """TACOS's cluster map (tag_process.py, step 2): walk the label-set representatives in the order
+    their sets first appear, and each one's clusters in the order of its tags (not sorted); a
+    cluster's members, and the clusters themselves, follow first appearance. `representatives`
+    yields (row_id, clusters in tag order)."""
+    members: dict[int, list[str]] = {}
+    for row_id, clusters in representatives:
+        for c in clusters:
+            members.setdefault(int(c), []).append(row_id)
+    return members
+
+
+def plan_comparisons(
+    members: dict[int, list[str]], *, rounds: int = 1, both_orders: bool = False, seed: int = 0, drop_odd: bool = False
+) -> list[Comparison]:
     """Pairs per cluster, clusters in the given order. Round 0 is TACOS's: consecutive pairs in the
     given member order (the order in which label sets first appear in the pool); later
     rounds shuffle the cluster first. An odd leftover meets a random earlier item of its cluster,
-    and only its own score is kept. A cluster of one has no partner and stays unscored."""
+    and only its own score is kept; `drop_odd` drops it instead, as TACOS does. A cluster of one
+    has no partner and stays unscored."""
     rng = random.Random(seed)
     plan = []
     for cluster in members:
@@ -99,7 +143,7 @@ def plan_comparisons(members: dict[int, list[str]], *, rounds: int = 1, both_ord
         for r in range(rounds):
             order = list(rows) if r == 0 else rng.sample(rows, len(rows))
             pairs = [(order[i], order[i + 1], (True, True)) for i in range(0, len(order) - 1, 2)]
-            if len(order) % 2 and len(order) > 1:
+            if len(order) % 2 and len(order) > 1 and not drop_odd:
                 pairs.append((order[-1], rng.choice(order[:-1]), (True, False)))
             for a, b, keep in pairs:
                 plan.append(Comparison(cluster, r, a, b, keep))

@@ -17,7 +17,12 @@
   assistant.", both spans of the same length (first answer token and trailing template tokens
   included), IFD = exp(cl) / exp(pl), 0 when pl == 0, stored as bfloat16. By default the response is
   stripped first (the template trims contents, so the reference fails to find responses with outer
-  whitespace: research PROPOSAL); `strip_output=False` reproduces the reference.
+  whitespace: research PROPOSAL); `strip_output=False` reproduces the reference. IterIT's train.py
+  adds a `[PAD]` token to a tokenizer without one and mean-initialises its embedding rows before
+  scoring, which adds one logit to every softmax and shifts cl and pl (by about 1e-5 relative on a
+  real model, 1e-3 on the tiny test model), the ratio much less; `add_pad=True` reproduces that
+  without changing the model (text holding the literal string "[PAD]" is not reproduced: the
+  reference tokenizes it as the pad token and masks it out of attention).
 
 Multi-turn rows: every turn before the last assistant turn is context; the last assistant turn is
 the response. The plain templates join the context turns with newlines; IterIT renders them all.
@@ -30,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from curation_assets.methods.token_losses import LossRequest, mean_or_nan, token_losses
+from curation_assets.methods.token_losses import LossRequest, added_pad_row, mean_or_nan, token_losses
 
 ALPACA_PROMPT_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
@@ -241,10 +246,11 @@ class IterITIFD:
 
 def iterit_ifd(
     model, tokenizer, samples: list[Sample], *, max_length: int = 8192, token_budget: int | None = None, strip_output: bool = True,
-    chat_template: str | None = None,
+    chat_template: str | None = None, add_pad: bool = False,
 ) -> list[IterITIFD]:
     """IterIT's IFD under a chat template (src/data_utils.py + src/iterative_trainer.py): the
-    model's own, or `chat_template` (Jinja text, e.g. LLAMA31_TEMPLATE as IterIT's train.py sets)."""
+    model's own, or `chat_template` (Jinja text, e.g. LLAMA31_TEMPLATE as IterIT's train.py sets).
+    `add_pad`: score as after train.py's [PAD] token (only when the tokenizer has no pad token)."""
     if not chat_template and not getattr(tokenizer, "chat_template", None):
         raise ValueError("the IterIT score needs a chat template: this tokenizer has none (set iterit_chat_template, e.g. llama-3.1)")
     render = lambda messages: tokenizer.apply_chat_template(messages, tokenize=False, chat_template=chat_template)  # noqa: E731
@@ -268,7 +274,8 @@ def iterit_ifd(
         answer_lens.append(ans)
         requests.append(LossRequest(whole_ids[i][:max_length], cond_starts[i], cond_starts[i] + ans))
         requests.append(LossRequest(direct_ids[i][:max_length], prior_starts[i], prior_starts[i] + ans))
-    losses = token_losses(model, requests, token_budget=token_budget)
+    extra_row = added_pad_row(model, len(tokenizer)) if add_pad and tokenizer.pad_token is None else None
+    losses = token_losses(model, requests, token_budget=token_budget, extra_row=extra_row)
     out = []
     for i in range(len(samples)):
         cl, pl = mean_or_nan(losses[2 * i]), mean_or_nan(losses[2 * i + 1])

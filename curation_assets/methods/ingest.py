@@ -29,6 +29,7 @@ import orjson
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
+import zstandard
 
 FORMATS = ("jsonl", "json", "parquet", "csv", "tsv")
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
@@ -101,6 +102,7 @@ class IngestOptions:
     unescape_newlines: bool = False
     records_path: str | None = None
     max_record_bytes: int = 1_000_000
+    max_depth: int = 64
     allow_empty_response: bool = False
     strip_markers: list[str] = field(default_factory=lambda: ["<|endoftext|>"])
     chunk_rows: int = 50_000
@@ -165,13 +167,56 @@ def detect_format(path: str | Path) -> tuple[str, str | None]:
     return fmt, compression
 
 
+class _ZstdReader(io.RawIOBase):
+    """A zstd file, frame after frame. zstandard's own stream reader ends quietly inside a cut-off
+    frame, which would land a truncated file as a shorter pool; this raises EOFError there, as gzip
+    does (hand-written for that check only; the decompression is zstandard's)."""
+
+    def __init__(self, path: str | Path):
+        self._file = open(path, "rb")
+        self._dctx = zstandard.ZstdDecompressor()
+        self._frame = self._dctx.decompressobj()
+        self._in_frame = False
+        self._out = b""
+        self._at = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while self._at >= len(self._out):
+            data = self._file.read(1 << 20)
+            if not data:
+                if self._in_frame:
+                    raise EOFError("zstd stream ended inside a frame (truncated file)")
+                return 0
+            self._out, self._at = self._decompress(data), 0
+        n = min(len(buffer), len(self._out) - self._at)
+        buffer[:n] = self._out[self._at : self._at + n]
+        self._at += n
+        return n
+
+    def _decompress(self, data: bytes) -> bytes:
+        out = []
+        while data:
+            out.append(self._frame.decompress(data))
+            self._in_frame = not self._frame.eof
+            if self._in_frame:
+                break
+            data = self._frame.unused_data  # the next frame starts here
+            self._frame = self._dctx.decompressobj()
+        return b"".join(out)
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
 def open_binary(path: str | Path, compression: str | None) -> io.BufferedIOBase:
     if compression == "gzip":
         return gzip.open(path, "rb")
     if compression == "zstd":
-        import zstandard
-
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
+        return io.BufferedReader(_ZstdReader(path), buffer_size=1 << 20)
     return open(path, "rb")
 
 
@@ -220,11 +265,45 @@ def file_digest(path: str | Path, chunk: int = 1 << 22) -> str:
 # --------------------------------------------------------------------------- records
 
 
-def _json_record(source_row: int, value: Any, max_bytes: int) -> RawRecord:
+def nesting_depth_exceeds(value: Any, limit: int) -> bool:
+    """True when lists/objects nest more than `limit` levels (the record itself is level 1).
+
+    Iterative and stops at the first level past the limit, so a record nesting 100,000 levels
+    costs no recursion and no more than `limit` levels of work on its deepest path."""
+    stack = [(value, 1)] if isinstance(value, (dict, list)) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
+
+
+def _too_deep(limit: int) -> RecordError:
+    return RecordError("too_deep", f"lists/objects nest more than {limit} levels")
+
+
+def _json_record(source_row: int, value: Any, opts: IngestOptions) -> RawRecord:
+    if nesting_depth_exceeds(value, opts.max_depth):
+        return RawRecord(source_row, error=_too_deep(opts.max_depth), raw=_shallow_preview(value))
     raw = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
-    if len(raw) > max_bytes:
-        return RawRecord(source_row, error=RecordError("too_large", f"record is {len(raw)} bytes; limit {max_bytes}"), raw=raw)
+    if len(raw) > opts.max_record_bytes:
+        return RawRecord(source_row, error=RecordError("too_large", f"record is {len(raw)} bytes; limit {opts.max_record_bytes}"), raw=raw)
     return RawRecord(source_row, value=value, raw=raw)
+
+
+def _shallow_preview(value: Any) -> str:
+    """A preview of a record too deep to serialize: its outer levels only."""
+    text, node = "", value
+    while isinstance(node, (dict, list)) and len(text) < PREVIEW_CHARS:
+        if isinstance(node, dict):
+            text += "{" + ", ".join(map(repr, list(node)[:8])) + ": "
+            node = next(iter(node.values()), None)
+        else:
+            text += "["
+            node = node[0] if node else None
+    return text[:PREVIEW_CHARS]
 
 
 def iter_jsonl(stream: io.BufferedIOBase, opts: IngestOptions) -> Iterator[RawRecord]:
@@ -241,7 +320,13 @@ def iter_jsonl(stream: io.BufferedIOBase, opts: IngestOptions) -> Iterator[RawRe
             try:
                 rec.value = orjson.loads(line)
             except orjson.JSONDecodeError as exc:  # orjson also rejects invalid UTF-8
-                rec.error = RecordError("invalid_utf8" if "UTF-8" in str(exc) else "invalid_json", str(exc))
+                if _is_depth_error(exc):
+                    rec.error = _too_deep(opts.max_depth)
+                else:
+                    rec.error = RecordError("invalid_utf8" if "UTF-8" in str(exc) else "invalid_json", str(exc))
+            else:
+                if nesting_depth_exceeds(rec.value, opts.max_depth):
+                    rec.value, rec.error = None, _too_deep(opts.max_depth)
         yield rec
 
 
@@ -266,10 +351,15 @@ def iter_json(stream: io.BufferedIOBase, opts: IngestOptions, path: str) -> Iter
         try:
             doc = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
-            if _starts_as_json_lines(data):  # JSON Lines under a .json name
+            if _is_depth_error(exc):
+                # orjson stops at 1,024 levels; ijson builds deep values without recursion, and
+                # the deep records are then quarantined one by one.
+                doc = _parse_deep_object(data, path)
+            elif _starts_as_json_lines(data):  # JSON Lines under a .json name
                 yield from iter_jsonl(io.BytesIO(data), opts)
                 return
-            raise UnreadableFileError(f"{path}: not valid JSON ({exc})") from exc
+            else:
+                raise UnreadableFileError(f"{path}: not valid JSON ({exc})") from exc
         lists = [k for k, v in doc.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
         if _looks_like_record(doc) or len(lists) != 1:
             if not _looks_like_record(doc):
@@ -277,16 +367,27 @@ def iter_json(stream: io.BufferedIOBase, opts: IngestOptions, path: str) -> Iter
                     f"{path}: a JSON object with no single list of records; set records_path "
                     f"(lists found: {lists or 'none'})"
                 )
-            yield _json_record(1, doc, opts.max_record_bytes)
+            yield _json_record(1, doc, opts)
             return
         for i, value in enumerate(doc[lists[0]], start=1):
-            yield _json_record(i, value, opts.max_record_bytes)
+            yield _json_record(i, value, opts)
         return
     else:
         raise UnreadableFileError(f"{path}: not a JSON array or object (starts with {first!r})")
     try:
         for i, value in enumerate(ijson.items(stream, prefix, use_float=True), start=1):
-            yield _json_record(i, value, opts.max_record_bytes)
+            yield _json_record(i, value, opts)
+    except (ijson.JSONError, UnicodeDecodeError) as exc:
+        raise UnreadableFileError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def _is_depth_error(exc: orjson.JSONDecodeError) -> bool:
+    return "depth limit" in str(exc) or "recursion limit" in str(exc).lower()
+
+
+def _parse_deep_object(data: bytes, path: str) -> dict:
+    try:
+        return dict(ijson.kvitems(io.BytesIO(data), "", use_float=True))
     except (ijson.JSONError, UnicodeDecodeError) as exc:
         raise UnreadableFileError(f"{path}: not valid JSON ({exc})") from exc
 
@@ -354,7 +455,7 @@ def iter_parquet(path: str | Path, opts: IngestOptions) -> Iterator[RawRecord]:
     for batch in pf.iter_batches(batch_size=opts.chunk_rows):
         for value in batch.to_pylist():
             row += 1
-            yield _json_record(row, value, opts.max_record_bytes)
+            yield _json_record(row, value, opts)
 
 
 def resolve_format(path: str | Path, opts: IngestOptions) -> tuple[str, str | None]:
@@ -379,12 +480,8 @@ def iter_records(path: str | Path, opts: IngestOptions) -> Iterator[RawRecord]:
                 yield from iter_json(stream, opts, str(path))
             else:
                 yield from iter_delimited(stream, opts, fmt, str(path))
-    except (OSError, EOFError) as exc:  # corrupt gzip/zstd stream, truncated archive
+    except (OSError, EOFError, zstandard.ZstdError) as exc:  # corrupt gzip/zstd stream, truncated archive
         raise UnreadableFileError(f"{path}: cannot decompress or read ({exc})") from exc
-    except Exception as exc:
-        if type(exc).__module__.startswith("zstd"):
-            raise UnreadableFileError(f"{path}: cannot decompress ({exc})") from exc
-        raise
 
 
 def count_records(path: str | Path, opts: IngestOptions) -> int:
@@ -587,8 +684,25 @@ def _history_turns(history: Any) -> list[dict[str, str]]:
     return [t for q, a in history for t in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
 
 
+# C0 controls but tab, newline and carriage return; DEL; C1 controls. NUL bytes and terminal escapes
+# in a cell are debris of exports and scrapes, never content: they are removed from all text.
+_CONTROL_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(text: str) -> str:
+    """`text` without control characters (tab, newline and CR stay); a lone surrogate, which no
+    UTF-8 file can hold, is a quarantine reason (`invalid_utf8`)."""
+    if not text.isascii() and _SURROGATES.search(text):
+        raise RecordError("invalid_utf8", "text holds a lone UTF-16 surrogate")
+    return _CONTROL_CHARS.sub("", text)
+
+
 def _finish(shape, system, turns, instruction, inp, record, used, opts) -> Normalized:
+    system = clean_text(system) if system else system
+    instruction, inp = clean_text(instruction), clean_text(inp)
     for t in turns:
+        t["content"] = clean_text(t["content"])
         if t["role"] == "assistant":
             t["content"] = _strip_markers(t["content"], opts.strip_markers)
     assistant = [t["content"] for t in turns if t["role"] == "assistant"]

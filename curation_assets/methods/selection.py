@@ -22,8 +22,14 @@ def resolve_budget(budget: float, pool_size: int) -> int:
 
 def superfiltering(ifd: np.ndarray, budget: int, threshold: float = 1.0) -> list[int]:
     """select_data.py: keep IFD < threshold (strict; NaN drops out), stable sort descending, first
-    `budget`. The reference's budget is int(52002 x rate); here the caller gives it."""
+    `budget`. The reference's budget is int(52002 x rate) (superfiltering_count); the caller gives it."""
     return top_k(ifd, budget, valid=ifd < threshold)  # a stable descending sort, as the reference's
+
+
+def superfiltering_count(rate: float, reference_pool_size: int = 52002) -> int:
+    """select_data.py's sample_num: int(52002 x sample_rate), Alpaca's size hard-coded, whatever
+    the pool; `reference_pool_size` is that constant."""
+    return int(reference_pool_size * rate)
 
 
 def cherry(rate: np.ndarray, kept: np.ndarray, budget_rate: float | None = None, count: int | None = None) -> tuple[list[int], int]:
@@ -157,6 +163,8 @@ def _scan_one_at_a_time(emb: torch.Tensor, scan: list[int], kept: list[int], rej
 
 # --------------------------------------------------------------------------- TACOS
 
+TACOS_VERSION = "2"  # 2: scores above 100 count toward cluster sizes (sorted_1000.py)
+
 
 def tacos_quotas(cluster_sizes: dict[int, int], budget: int, mode: str = "equal", per_cluster: int | None = None) -> dict[int, int]:
     """Per-cluster quotas: equal (TACOS: a fixed number per cluster, default budget // K),
@@ -189,23 +197,30 @@ def tacos_select(
     row in one cluster (re-pairings, both orders) count as their mean. mode "global" is plain
     top-budget by each row's mean over all its judgements. With `fill`, the quota small clusters
     leave unused goes to the best remaining rows by mean score (research PROPOSAL; the reference
-    stops at K x 20)."""
-    valid = [(r, c, s) for r, c, s in scores if s is not None and not math.isnan(s) and s <= 100]
+    stops at K x 20).
+
+    A score above 100 is never selected, but its row still counts toward its cluster's size, as in
+    the reference (its `length_56` is the length of the cluster's whole judged list), so it can
+    change the visiting order, the number of clusters K and size-based quotas."""
     by_row: dict[int, list[float]] = {}
-    in_cluster: dict[int, dict[int, list[float]]] = {}  # cluster -> row -> scores, both in first-judged order
-    for r, c, s in valid:
-        by_row.setdefault(r, []).append(s)
-        in_cluster.setdefault(c, {}).setdefault(r, []).append(s)
+    in_cluster: dict[int, dict[int, list[float]]] = {}  # cluster -> row -> valid scores, both in first-judged order
+    for r, c, s in scores:
+        if s is None or math.isnan(s):
+            continue
+        cluster = in_cluster.setdefault(c, {}).setdefault(r, [])
+        if s <= 100:
+            by_row.setdefault(r, []).append(s)
+            cluster.append(s)
     mean = {r: sum(v) / len(v) for r, v in by_row.items()}
     taken: list[int] = []
     picked_in: dict[int, int] = {}
-    reason: dict[int, str] = {}
+    reason: dict[int, str] = {r: "judged score above 100 (never selected, as in TACOS)" for c in in_cluster.values() for r in c if r not in by_row}
     if mode != "global":
         sizes = {c: len(rows) for c, rows in in_cluster.items()}
         quotas = tacos_quotas(sizes, budget, mode, per_cluster)
         for c in sorted(in_cluster, key=lambda c: sizes[c]):  # stable: equal sizes keep judging order
             got = 0
-            ranked = sorted(in_cluster[c].items(), key=lambda item: -sum(item[1]) / len(item[1]))
+            ranked = sorted(((r, v) for r, v in in_cluster[c].items() if v), key=lambda item: -sum(item[1]) / len(item[1]))
             for r, _ in ranked:
                 if got >= quotas[c] or len(taken) >= budget:
                     reason.setdefault(r, f"cluster {c} quota of {quotas[c]} already filled")

@@ -161,7 +161,9 @@ def pick_tacos(c: Candidates, budget: int, cfg) -> Picked:
         raise ValueError(f"tacos_aggregation must be raw or bradley_terry, not {cfg.tacos_aggregation!r}")
     scores = [(position[r], int(k), s) for r, k, s in judged.select("row_id", "cluster", "score").iter_rows() if r in position]
     result = rules.tacos_select(scores, budget, mode=cfg.quota_mode, per_cluster=cfg.per_cluster, fill=cfg.fill_quota)
-    mean = judged.group_by("row_id").agg(pl.col("score").mean())
+    # The value shown for a row: its mean over the scores the budget could use (none above 100).
+    usable = judged if cfg.tacos_aggregation == "bradley_terry" else judged.filter(pl.col("score") <= 100)
+    mean = usable.group_by("row_id").agg(pl.col("score").mean())
     mean_score = c.rows.select("row_id").join(mean, on="row_id", how="left")["score"].fill_null(float("nan")).to_numpy()
     gain = _empty_gain(c.n)
     for i in result.selected:
@@ -169,7 +171,7 @@ def pick_tacos(c: Candidates, budget: int, cfg) -> Picked:
     reason = dict(result.reason)
     unscored = {i for i in range(c.n) if np.isnan(mean_score[i])}
     for i in unscored:
-        reason[i] = "no comparative score (not a label-set representative, or no partner in its cluster)"
+        reason.setdefault(i, "no comparative score (not a label-set representative, or no partner in its cluster)")
     cluster = np.array([result.picked_in.get(i, -2) for i in range(c.n)], dtype=float)
     return Picked(result.selected, gain, "comparative score", reason, unscored, extra={"picked_for_cluster": np.where(cluster == -2, np.nan, cluster)})
 
@@ -254,11 +256,16 @@ def pick_iterit(c: Candidates, budget: int, cfg) -> Picked:
 
 def pick_superfiltering(c: Candidates, budget: int, cfg) -> Picked:
     ifd = c.column("ifd_ppl")
-    picked = rules.superfiltering(ifd, budget, cfg.ifd_threshold)
+    # select_data.py multiplies its rate by a hard-coded 52,002 (Alpaca); reference_pool_size
+    # reproduces that count for a rate, where the default takes the rate of the candidates.
+    reference_size = cfg.reference_pool_size
+    own_budget = rules.superfiltering_count(cfg.budget, reference_size) if reference_size and cfg.budget <= 1 else None
+    picked = rules.superfiltering(ifd, budget if own_budget is None else own_budget, cfg.ifd_threshold)
     gain = _empty_gain(c.n)
     gain[picked] = ifd[picked]
     reason = {i: ("no IFD" if np.isnan(ifd[i]) else f"IFD {ifd[i]:.4g} >= {cfg.ifd_threshold}" if ifd[i] >= cfg.ifd_threshold else "IFD below the budget") for i in _unpicked(c.n, picked)}
-    return Picked(picked, gain, "IFD (PPL ratio)", reason, {i for i in range(c.n) if not ifd[i] < cfg.ifd_threshold})
+    rule = f"int({reference_size:,} x {cfg.budget:.4g}) = {own_budget:,} rows (reference_pool_size, as select_data.py)" if own_budget is not None else None
+    return Picked(picked, gain, "IFD (PPL ratio)", reason, {i for i in range(c.n) if not ifd[i] < cfg.ifd_threshold}, budget=own_budget, budget_rule=rule)
 
 
 def pick_cherry(c: Candidates, budget: int, cfg) -> Picked:

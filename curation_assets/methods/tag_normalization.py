@@ -5,8 +5,10 @@ Steps, in order:
    (Porter2) English stemmer; symbols that carry meaning stay ("C++", "C#", ".NET"). TACOS applies
    NLTK's Porter stemmer to the whole phrase, which stems only its last word, keeps a trailing space
    after stripped punctuation and merges "General"/"Generation"; `stem="phrase"` reproduces that.
-2. Frequency filter: drop tags used by fewer than `alpha` rows (TACOS: 20), counted after the rules
-   (TACOS counts raw strings, so "Math" and "math" count apart; `count_on="raw"` reproduces it).
+2. Frequency filter: drop tags used by fewer than `alpha` rows (TACOS: 20), counted after the rules.
+   `count_on="raw"` is TACOS's count (tag_cluster.py `count_tag_frequency`): occurrences of each raw
+   string before the rules, so "Math" and "math" count apart and a tag a tagger repeats inside one
+   answer counts twice; K-means then weights each tag by its occurrences, as TACOS embeds every one.
 3. Semantic aggregation (InsTag): tags whose embeddings have cosine >= `merge_threshold` (0.95, i.e.
    DBSCAN with eps 0.05 on cosine distance and min_samples 1) join one canonical tag, the most
    frequent of the group. Exact: connected components of the thresholded similarity graph.
@@ -14,8 +16,11 @@ Steps, in order:
    tag A occurs in at least `min_support` rows and B accompanies it in >= `min_confidence` of them,
    A and B merge (transitively).
 5. Clustering (TACOS): K-means with K = `n_clusters` (50) over the canonical tags, each weighted by
-   its row count (equivalent to TACOS embedding every occurrence), seeded. Each row gets the sorted
-   set of its tags' clusters.
+   its row count (occurrences with count_on="raw"; equivalent to TACOS embedding every occurrence),
+   seeded. Each row gets the sorted set of its tags' clusters (`clusters`, which names its label
+   set) and the same clusters in the order of its tags (`clusters_in_tag_order`): TACOS's cluster map
+   (tag_process.py) visits a row's tags in order, and that order decides which of two clusters comes
+   first, so which of two equal-sized clusters its budget visits first.
 6. Label-set dedup (TACOS): among rows with the same cluster set, the one with the longest response
    (the first in pool order on a tie) represents the set.
 """
@@ -32,6 +37,8 @@ import polars as pl
 
 _KEEP_SYMBOLS = re.compile(r"(?i)(?<![\w])(c\+\+|c#|f#|\.net|node\.js)(?![\w])")
 _NON_WORD = re.compile(r"\W+")
+# What normalize_tags computes; part of the normalized_tags code version.
+VERSION = "2"  # 2: count_on="raw" counts occurrences (TACOS); clusters_in_tag_order
 
 
 @dataclass(frozen=True)
@@ -137,22 +144,33 @@ def normalize_tags(
     """Normalize the raw tags of `rows` (row_id, raw_tags: list[str], response_chars, pool_order).
 
     Returns (per-row table, tag vocabulary). Per row: canonical_tags (readable labels), tree_tags (the
-    TAGS leaves: canonical tags plus rarer tags used by tree_min_rows rows), clusters,
-    labelset_representative, labelset_first_seen (pool position of the first row with that cluster
-    set; TACOS orders cluster members by it). Vocabulary: one line per raw tag with its normalized key
-    (and the `stem` rule that made it), canonical tag, cluster, tree leaf, counts and, for tags
+    TAGS leaves: canonical tags plus rarer tags used by tree_min_rows rows), clusters (sorted),
+    clusters_in_tag_order (by each cluster's first tag in the row), labelset_representative,
+    labelset_first_seen (pool position of the first row with that cluster set; TACOS orders cluster
+    members by it). Vocabulary: one line per raw tag with its normalized key
+    (and the `stem` rule that made it), canonical tag, cluster, tree leaf, counts (raw_count: rows, or
+    occurrences with count_on="raw"; count: rows of the normalized key) and, for tags
     dropped by the frequency filter, the reason.
     """
-    pairs = rows.select("row_id", pl.col("raw_tags").list.unique()).explode("raw_tags").drop_nulls("raw_tags")
-    raw_counts = pairs.group_by("raw_tags").agg(pl.len().alias("raw_count")).rename({"raw_tags": "raw_tag"})
+    raw_mode = settings.count_on == "raw"
+    # Every tag occurrence with its place in the row's list (repeats kept: TACOS counts them).
+    occurrences = (
+        rows.select("row_id", pl.col("raw_tags").alias("raw_tag"), pl.int_ranges(pl.col("raw_tags").list.len()).alias("tag_pos"))
+        .explode(["raw_tag", "tag_pos"]).drop_nulls("raw_tag")
+    )
+    raw_counts = occurrences.group_by("raw_tag").agg((pl.len() if raw_mode else pl.col("row_id").n_unique()).alias("raw_count"))
     raw_counts = raw_counts.with_columns(
         pl.col("raw_tag").map_elements(lambda t: rule_normalize(t, settings.stem), return_dtype=pl.String).alias("normalized")
     )
-    pairs = pairs.rename({"raw_tags": "raw_tag"}).join(raw_counts.select("raw_tag", "normalized", "raw_count"), on="raw_tag")
+    pairs = occurrences.join(raw_counts.select("raw_tag", "normalized", "raw_count"), on="raw_tag")
     all_pairs = pairs
-    if settings.count_on == "raw":
+    if raw_mode:
         pairs = pairs.filter(pl.col("raw_count") >= settings.alpha)
-    norm = pairs.filter(pl.col("normalized") != "").select("row_id", "normalized").unique()
+    # One line per (row, normalized key): where the key first appears in the row, and how often.
+    norm = (
+        pairs.filter(pl.col("normalized") != "").group_by("row_id", "normalized")
+        .agg(pl.col("tag_pos").min().alias("first_pos"), pl.len().alias("occurrences"))
+    )
     counts = norm.group_by("normalized").agg(pl.len().alias("count"))
     kept = counts.filter(pl.col("count") >= settings.alpha) if settings.count_on == "normalized" else counts
     kept = kept.sort("normalized")
@@ -191,8 +209,9 @@ def normalize_tags(
         key_to_canonical = {k: merged[c] for k, c in key_to_canonical.items()}
         row_keys = row_keys.with_columns(pl.col("normalized").replace_strict(key_to_canonical).alias("canonical"))
 
-    # K-means over canonical tags weighted by how many rows use them.
-    canon_counts_df = row_keys.select("row_id", "canonical").unique().group_by("canonical").agg(pl.len().alias("rows")).sort("canonical")
+    # K-means over canonical tags weighted by how many rows use them (raw: how often they occur).
+    weight = pl.col("occurrences").sum() if raw_mode else pl.col("row_id").n_unique()
+    canon_counts_df = row_keys.group_by("canonical").agg(weight.alias("rows")).sort("canonical")
     canon_list = canon_counts_df["canonical"].to_list()
     cluster_of: dict[str, int] = {}
     if canon_list:
@@ -206,13 +225,16 @@ def normalize_tags(
         cluster_of = dict(zip(canon_list, (int(c) for c in assigned)))
 
     per_row = (
-        row_keys.select("row_id", "canonical").unique()
-        .with_columns(
+        row_keys.with_columns(
             pl.col("canonical").replace_strict(labels).alias("canonical_tag"),
             pl.col("canonical").replace_strict(cluster_of, return_dtype=pl.Int32).alias("cluster"),
         )
         .group_by("row_id")
-        .agg(pl.col("canonical_tag").unique().sort().alias("canonical_tags"), pl.col("cluster").unique().sort().alias("clusters"))
+        .agg(
+            pl.col("canonical_tag").unique().sort().alias("canonical_tags"),
+            pl.col("cluster").unique().sort().alias("clusters"),
+            pl.col("cluster").sort_by("first_pos").unique(maintain_order=True).alias("clusters_in_tag_order"),
+        )
     )
     out = (
         rows.select("row_id", pl.col("raw_tags"), "response_chars", "pool_order")
@@ -220,6 +242,7 @@ def normalize_tags(
         .with_columns(
             pl.col("canonical_tags").fill_null(pl.lit([], dtype=pl.List(pl.String))),
             pl.col("clusters").fill_null(pl.lit([], dtype=pl.List(pl.Int32))),
+            pl.col("clusters_in_tag_order").fill_null(pl.lit([], dtype=pl.List(pl.Int32))),
         )
     )
     # TACOS dedup: one row per cluster set, the longest response, the first in pool order on ties.
@@ -263,7 +286,7 @@ def normalize_tags(
             pl.when(pl.col("normalized") == "")
             .then(pl.lit("empty after normalization"))
             .when(pl.col("canonical_key").is_null())
-            .then(pl.lit(f"used by fewer than {settings.alpha} rows"))
+            .then(pl.lit(f"occurs fewer than {settings.alpha} times" if raw_mode else f"used by fewer than {settings.alpha} rows"))
             .alias("dropped_reason"),
         )
         .select("raw_tag", "normalized", "canonical_tag", "cluster", "tree_tag", "raw_count", "count", "dropped_reason", "stem")

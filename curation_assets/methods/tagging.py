@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+import json
+
 import numpy as np
 import orjson
 
@@ -56,8 +58,19 @@ def tagging_messages(instruction: str, style: str) -> Messages:
 
 
 def parse_tags(text: str) -> list[dict[str, str]]:
-    """Tags from a tagger's answer: a JSON list, or an object with a "tags" list, optionally inside
-    a ``` fence (any case, CRLF or not). Raises ParseError if no valid tag list is found."""
+    """Tags from a tagger's answer (the robust parser, the default): a JSON list, or an object with
+    a "tags" list, optionally inside a ``` fence (any case, CRLF or not). Raises ParseError if no
+    valid tag list is found.
+
+    Where it differs from TACOS's parser (`parse_tags_reference`): it also reads ```JSON or bare ```
+    fences, CRLF line ends, fences without a newline, JSON after leading prose, an object holding a
+    "tags" list and a single {tag} object; it strips every tag and collapses its inner whitespace
+    ("Code  \n Review" is "Code Review"), so spellings that differ only in spacing count as one; and
+    it validates the whole answer: an empty list, an item without a string "tag", a non-string
+    explanation, or a single tag that is empty or whitespace-only or longer than 120 characters
+    rejects the whole answer (re-asked, then a per-row reason), where TACOS keeps such answers or
+    crashes on them later.
+    """
     if text is None:
         raise ParseError("empty answer")
     candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text]
@@ -76,6 +89,30 @@ def parse_tags(text: str) -> list[dict[str, str]]:
         except ParseError as exc:
             last_error = str(exc)
     raise ParseError(last_error)
+
+
+_REFERENCE_FENCE = re.compile(r"```json\n(.*?)\n```", re.DOTALL)
+
+
+def parse_tags_reference(text: str) -> list[dict[str, str]]:
+    """TACOS's parser exactly (tag_cluster.py `normalize_tag_format`): the text between the first
+    "```json\n" and the next "\n```" if that is valid JSON, else the whole answer as JSON (Python's
+    json, so NaN and Infinity pass); tags are kept verbatim, unstripped, empty ones and an empty list
+    included. Where TACOS would crash on a parsed value later (not a list of objects with a string
+    "tag" and an "explanation"), this raises ParseError instead, and the row gets a reason."""
+    match = _REFERENCE_FENCE.search(text or "")
+    try:
+        data = json.loads(match.group(1)) if match else None
+        if not match:
+            raise ValueError
+    except ValueError:
+        try:
+            data = json.loads(text)
+        except (TypeError, ValueError) as exc:
+            raise ParseError(f"invalid JSON ({str(exc)[:80]})") from exc
+    if not isinstance(data, list) or not all(isinstance(t, dict) and isinstance(t.get("tag"), str) and isinstance(t.get("explanation"), str) for t in data):
+        raise ParseError("expected a list of {tag: str, explanation: str}")
+    return [{"tag": t["tag"], "explanation": t["explanation"]} for t in data]
 
 
 def _validate(data) -> list[dict[str, str]]:

@@ -57,7 +57,20 @@ def _lm_head_and_norm(model):
     return head, softcap
 
 
-def _forward_batch(model, requests: list[LossRequest]) -> list[np.ndarray]:
+def added_pad_row(model, vocab_size: int) -> tuple[int, torch.Tensor, torch.Tensor | None]:
+    """The LM head after IterIT's train.py adds a [PAD] token (smart_tokenizer_and_embedding_resize):
+    the head resized to vocab_size + 1 rows, the new row (and bias) the mean of the first vocab_size,
+    in the head's dtype. Returns (rows kept, new row, new bias) for `token_losses(extra_row=...)`."""
+    head = model.get_output_embeddings()
+    if head.weight.shape[0] < vocab_size:
+        raise ValueError(f"the LM head has {head.weight.shape[0]} rows, fewer than the tokenizer's {vocab_size} tokens")
+    with torch.no_grad():
+        row = head.weight[:vocab_size].mean(dim=0, keepdim=True)
+        bias = head.bias[:vocab_size].mean().reshape(1) if getattr(head, "bias", None) is not None else None
+    return vocab_size, row, bias
+
+
+def _forward_batch(model, requests: list[LossRequest], extra_row=None) -> list[np.ndarray]:
     device = next(model.parameters()).device
     ids, mask = _padded([r.ids for r in requests], device)
     rows, cols = [], []
@@ -86,7 +99,11 @@ def _forward_batch(model, requests: list[LossRequest]) -> list[np.ndarray]:
     losses = torch.empty(len(rows_t), dtype=torch.float32, device=device)
     chunk = max(64, LOGITS_PER_CHUNK.get(device.type, LOGITS_PER_CHUNK["cpu"]) // head.out_features)
     for s in range(0, len(rows_t), chunk):
-        logits = head(picked[s : s + chunk]).float()
+        logits = head(picked[s : s + chunk])
+        if extra_row is not None:  # a resized vocabulary: the first `keep` logits and one more
+            keep, row, bias = extra_row
+            logits = torch.cat([logits[:, :keep], torch.nn.functional.linear(picked[s : s + chunk], row, bias)], dim=1)
+        logits = logits.float()
         if softcap:
             logits = torch.tanh(logits / softcap) * softcap
         losses[s : s + chunk] = torch.nn.functional.cross_entropy(logits, targets[s : s + chunk], reduction="none")
@@ -116,10 +133,11 @@ def _in_batches(model, lengths: Sequence[int], run: Callable[[list[int]], list],
     return out
 
 
-def token_losses(model, requests: Sequence[LossRequest], *, token_budget: int | None = None, max_rows: int = 512) -> list[np.ndarray]:
+def token_losses(model, requests: Sequence[LossRequest], *, token_budget: int | None = None, max_rows: int = 512, extra_row=None) -> list[np.ndarray]:
     """Float32 per-token losses of every request's span, in request order. The token budget
-    defaults to the device's (TOKEN_BUDGET)."""
-    run = lambda batch: _forward_batch(model, [requests[i] for i in batch])  # noqa: E731
+    defaults to the device's (TOKEN_BUDGET). `extra_row` (from added_pad_row) scores under a
+    vocabulary grown by one mean-initialised token, without touching the model."""
+    run = lambda batch: _forward_batch(model, [requests[i] for i in batch], extra_row)  # noqa: E731
     return _in_batches(model, [len(r.ids) for r in requests], run, token_budget, max_rows)
 
 
