@@ -99,21 +99,6 @@ def test_bad_settings_fail_clearly(graph):
     assert not result.success
 
 
-def test_evaluation_sets_read_from_local_files(tmp_path):
-    examples = evaluation.load_examples(evaluation.PACKAGED, "mmlu", 10, seed=1)
-    assert len(examples) == 10 and len({e.group for e in examples}) == 10  # spread over subjects
-    assert examples == evaluation.load_examples(evaluation.PACKAGED, "mmlu", 10, seed=1)
-    gsm = evaluation.load_examples(evaluation.PACKAGED, "gsm8k", None)
-    assert all(e.target.lstrip("-").replace(".", "").isdigit() for e in gsm) and "####" not in gsm[0].answer
-    excluded = evaluation.load_examples(evaluation.PACKAGED, "gsm8k", None, exclude_questions=evaluation.normalized_questions([gsm[0].question.split("Question: ")[1]]))
-    assert len(excluded) == len(gsm) - 1
-    with pytest.raises(FileNotFoundError, match="gsm8k"):
-        evaluation.load_examples(tmp_path, "gsm8k", 5)
-    assert evaluation.last_number("so 1,234 apples. The answer is 1,250.") == "1250"
-    assert evaluation.bbh_answer(" Let's think. So the answer is (B).") == "(B)"
-    assert evaluation.run_program("assert 1 + 1 == 2\n", 10) and not evaluation.run_program("assert False\n", 10)
-
-
 def test_headless_run_opts_in(tmp_path):
     config = RunConfig(assets={"subset_model": {}})
     assert "subset_model" in config.assets
