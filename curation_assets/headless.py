@@ -6,15 +6,15 @@ everything done headless shows up in the UI afterwards.
 
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
-import yaml
 
 from curation_assets.landing import LandedFile, land_file
 from curation_assets.methods.ingest import is_data_file
 from curation_assets.partitions import pool_shards
+from curation_assets.project import ProjectConfig
 
 
 def open_instance() -> dg.DagsterInstance:
@@ -45,40 +45,10 @@ def data_files(paths: Iterable[str | Path]) -> list[tuple[Path, str]]:
 # Slow assets a headless run materializes only when the config lists them under `assets:`.
 OPT_IN = {"subset_model", "subset_evaluation"}
 
+# The headless run reads the project config (curation_assets/project.py), as the UI does.
+RunConfig = ProjectConfig
 
-@dataclass
-class RunConfig:
-    """A headless run's settings, read from YAML: `home`, `resources` and per-asset `assets` config."""
-
-    home: str | None = None
-    resources: dict = field(default_factory=dict)
-    assets: dict = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, path: str | Path | None) -> "RunConfig":
-        if path is None:
-            return cls()
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        unknown = set(data) - {"home", "resources", "assets"}
-        if unknown:
-            raise ValueError(f"{path}: unknown sections {sorted(unknown)}; expected home, resources, assets")
-        # Model folders and target files may be given relative to the config file.
-        here = Path(path).resolve().parent
-        for section, keys in (("resources", ("model", "complexity_model", "quality_model")),
-                              ("assets", ("target_file", "iterit_chat_template", "base_model", "data_dir", "exclude_prompts_file"))):
-            for settings in (data.get(section) or {}).values():
-                for key in keys:
-                    value = (settings or {}).get(key)
-                    if isinstance(value, str) and not Path(value).is_absolute() and (here / value).exists():
-                        settings[key] = str(here / value)
-        return cls(**data)
-
-    def run_config(self, ops: Iterable[str]) -> dict:
-        ops = set(ops)
-        return {
-            "ops": {name: {"config": cfg} for name, cfg in self.assets.items() if name in ops},
-            "loggers": {"console": {"config": {"log_level": "INFO"}}},
-        }
+RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 @dataclass
@@ -91,16 +61,16 @@ class RunReport:
 
 def run_graph(
     paths: Iterable[str | Path],
-    config: RunConfig | None = None,
+    config: ProjectConfig | None = None,
     *,
     refresh: bool = False,
     instance: dg.DagsterInstance | None = None,
     log: Callable[[str], None] = print,
 ) -> RunReport:
-    from curation_assets.definitions import build_definitions
+    from curation_assets.definitions import project_definitions
 
-    config = config or RunConfig()
-    defs = build_definitions(home=config.home, resource_config=config.resources)
+    config = config if config is not None else ProjectConfig.load(None)
+    defs = project_definitions(config)
     storage = defs.resources["storage"]
     instance = instance or open_instance()
 
@@ -118,9 +88,6 @@ def run_graph(
     global_keys = [k for k in graph.toposorted_asset_keys if graph.get(k).is_materializable and graph.get(k).partitions_def is None
                    and (k.to_user_string() not in OPT_IN or k.to_user_string() in config.assets)]
 
-    def ops(keys):
-        return {graph.assets_def_for_key(k).node_def.name for k in keys}
-
     shard_runs: dict[str, bool] = {}
     done = set() if refresh else _materialized(instance, shard_keys)
     for partition in sorted(instance.get_dynamic_partitions(pool_shards.name)):
@@ -130,7 +97,7 @@ def run_graph(
             instance=instance,
             partition_key=partition,
             asset_selection=shard_keys,
-            run_config=config.run_config(ops(shard_keys)),
+            run_config=RUN_CONFIG,
             raise_on_error=False,
         )
         shard_runs[partition] = result.success
@@ -141,7 +108,7 @@ def run_graph(
         result = job.execute_in_process(
             instance=instance,
             asset_selection=global_keys,
-            run_config=config.run_config(ops(global_keys)),
+            run_config=RUN_CONFIG,
             raise_on_error=False,
         )
         global_run = result.success

@@ -113,6 +113,15 @@ def normalized_tags(
     cache = storage.row_cache("embeddings", embedder.version())
     out, vocabulary = normalize_tags(rows, lambda texts: cached_encode(texts, embedder.encode, cache), settings)
     row_meta, vocab_meta = _metadata(out, vocabulary, settings)
+    if vocabulary.height and vocabulary["canonical_tag"].null_count() == vocabulary.height:
+        # Not a failure: the tree still gets its long-tail leaves (tree_min_rows); TACOS clusters do not.
+        most = int(vocabulary["count"].max() or 0)
+        warning = (
+            f"the frequency filter (alpha {settings.alpha}) dropped every tag: the most used tag is on {most} rows. "
+            f"No canonical tags or clusters; lower normalized_tags.alpha in the project config for a pool of {out.height} rows."
+        )
+        context.log.warning(warning)
+        row_meta["warning"] = dg.MetadataValue.text(warning)
     context.log.info(f"{out.height} rows, {row_meta['vocabulary']}")
     yield dg.Output(out, "normalized_tags", metadata=row_meta)
     yield dg.Output(vocabulary, "tag_vocabulary", metadata=vocab_meta)

@@ -210,7 +210,7 @@ class LandingSensorConfig(dg.ConfigurableResource):
 
 @dg.sensor(
     name="landing_sensor",
-    target=[raw_pool],
+    target=dg.AssetSelection.assets("raw_pool", "raw_pool_quarantine"),  # by key: definitions.py sets raw_pool's config defaults
     minimum_interval_seconds=int(os.environ.get("CURATION_LANDING_INTERVAL", "30")),
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Lands each new file version in the landing folder as a pool shard and ingests it.",

@@ -7,11 +7,12 @@ import polars as pl
 
 from curation_assets.headless import RunConfig, run_graph
 
-DEMO = Path(__file__).resolve().parents[1] / "demo"
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "demo"
 
 
 def test_demo_pool_runs_end_to_end_and_incrementally(tmp_path, instance):
-    config = RunConfig.load(DEMO / "config.yaml")
+    config = RunConfig.load(ROOT / "curation.yaml")
     config.home = str(tmp_path / "home")
     report = run_graph([DEMO / "pool"], config, instance=instance, log=lambda _: None)
     assert len(report.landed) == 7 and all(report.shard_runs.values()) and len(report.shard_runs) == 7

@@ -22,7 +22,7 @@ SELECTION_KEYS = [dg.AssetKey("selected_subset"), dg.AssetKey("selection_reasons
 @pytest.fixture(scope="module")
 def graph(tmp_path_factory):
     """The demo pool through the whole graph once (T-SHIRT with 4 neighbours to keep it quick)."""
-    config = RunConfig.load(DEMO / "config.yaml")
+    config = RunConfig.load(ROOT / "curation.yaml")
     config.home = str(tmp_path_factory.mktemp("graph") / "home")
     config.assets["instance_scores"]["tshirt_copies"] = 4
     with dg.instance_for_test() as instance:
