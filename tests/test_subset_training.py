@@ -26,8 +26,9 @@ EVAL = {"tasks": ["gsm8k", "mmlu", "mbpp"], "limit": 2, "max_new_tokens": 4, "da
 @pytest.fixture(scope="module")
 def graph(tmp_path_factory):
     """The demo pool through the fast graph (no evaluation assets: they are opt-in)."""
-    config = RunConfig.load(DEMO / "config.yaml")
+    config = RunConfig.load(DEMO / "config-finetune.yaml")
     config.home = str(tmp_path_factory.mktemp("graph") / "home")
+    del config.assets["subset_model"], config.assets["subset_evaluation"]
     config.assets["instance_scores"]["methods"] = ["ifd"]
     with dg.instance_for_test() as instance:
         report = run_graph([DEMO / "pool"], config, instance=instance, log=lambda _: None)
