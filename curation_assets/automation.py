@@ -59,7 +59,8 @@ def global_condition(shard_assets: Iterable[dg.AssetKey]) -> dg.AutomationCondit
 automation_sensor = dg.AutomationConditionSensorDefinition(
     "curation_automation",
     target=dg.AssetSelection.all(),
-    default_status=dg.DefaultSensorStatus.RUNNING,
+    # CURATION_AUTOMATION=off: only the landing sensor runs (ingest-only deployments, load tests).
+    default_status=dg.DefaultSensorStatus.STOPPED if os.environ.get("CURATION_AUTOMATION") == "off" else dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=int(os.environ.get("CURATION_AUTOMATION_INTERVAL", "30")),
     description="Runs per-shard assets for new shards and refreshes the global assets (declarative automation).",
 )

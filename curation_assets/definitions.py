@@ -4,6 +4,8 @@ one data home, one set of models and one set of asset settings."""
 
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 from dagster_polars import PolarsParquetIOManager
 
@@ -72,6 +74,21 @@ STAGES = {
 }
 STAGE_OF = {asset: group for group, assets in STAGES.items() for asset in assets}
 
+def executor_from_env() -> dg.ExecutorDefinition | None:
+    """`CURATION_EXECUTOR=celery`: steps run on dagster-celery workers (broker and result backend
+    from `CURATION_CELERY_BROKER` / `CURATION_CELERY_BACKEND`, see deploy/); else Dagster's
+    multiprocess executor on this machine."""
+    name = os.environ.get("CURATION_EXECUTOR", "multiprocess")
+    if name == "celery":
+        from dagster_celery import celery_executor
+
+        return celery_executor.configured(
+            {"broker": {"env": "CURATION_CELERY_BROKER"}, "backend": {"env": "CURATION_CELERY_BACKEND"}}, name="celery"
+        )
+    if name != "multiprocess":
+        raise ValueError(f"CURATION_EXECUTOR={name!r}: expected multiprocess or celery")
+    return None
+
 
 def automate(assets: list) -> list:
     """Stage groups on every asset, and the global refresh rule (automation.global_condition) on
@@ -100,6 +117,7 @@ def build_definitions(home: str | None = None, resource_config: dict | None = No
         asset_checks=CHECKS,
         sensors=SENSORS,
         resources=build_resources(home, resource_config),
+        executor=executor_from_env(),
     )
 
 

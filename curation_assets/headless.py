@@ -93,27 +93,33 @@ def run_graph(
     for partition in sorted(instance.get_dynamic_partitions(pool_shards.name)):
         if partition in done:
             continue
-        result = job.execute_in_process(
-            instance=instance,
-            partition_key=partition,
-            asset_selection=shard_keys,
-            run_config=RUN_CONFIG,
-            raise_on_error=False,
-        )
-        shard_runs[partition] = result.success
-        log(f"shard {partition}: {'ok' if result.success else 'FAILED (see the run in the UI)'}")
+        success = _execute(job, instance, asset_selection=shard_keys, run_config=RUN_CONFIG, partition_key=partition)
+        shard_runs[partition] = success
+        log(f"shard {partition}: {'ok' if success else 'FAILED (see the run in the UI)'}")
 
     global_run = None
     if global_keys:
-        result = job.execute_in_process(
-            instance=instance,
-            asset_selection=global_keys,
-            run_config=RUN_CONFIG,
-            raise_on_error=False,
-        )
-        global_run = result.success
-        log(f"global assets: {'ok' if result.success else 'FAILED (see the run in the UI)'}")
+        global_run = _execute(job, instance, asset_selection=global_keys, run_config=RUN_CONFIG)
+        log(f"global assets: {'ok' if global_run else 'FAILED (see the run in the UI)'}")
     return RunReport(landed, shard_runs, global_run, storage.root)
+
+
+def _execute(job, instance, *, asset_selection, run_config, partition_key=None) -> bool:
+    """Run in this process, or, with `CURATION_EXECUTOR=celery`, as a run whose steps the cluster
+    workers execute (they rebuild the definitions from `CURATION_CONFIG`, as the code server does)."""
+    if os.environ.get("CURATION_EXECUTOR", "multiprocess") != "celery":
+        result = job.execute_in_process(
+            instance=instance, partition_key=partition_key, asset_selection=asset_selection, run_config=run_config, raise_on_error=False
+        )
+        return result.success
+    tags = {"dagster/partition": partition_key} if partition_key else None
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+
+    repository = ReconstructableRepository.for_module("curation_assets.definitions", "defs", working_directory=os.getcwd())
+    with dg.execute_job(
+        repository.get_reconstructable_job(job.name), instance, run_config=run_config, tags=tags, asset_selection=asset_selection, raise_on_error=False
+    ) as result:
+        return result.success
 
 
 def _materialized(instance: dg.DagsterInstance, keys: list[dg.AssetKey]) -> set[str]:

