@@ -17,6 +17,8 @@ from curation_assets.methods import evaluation
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "demo"
 TINY = str(ROOT / "tests" / "fixtures" / "tiny_llama")
+# The demo graph, then training and evaluation: end to end, so marked slow (still run in CI).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 KEYS = [dg.AssetKey("subset_model"), dg.AssetKey("subset_evaluation")]
 TRAIN = {"base_model": TINY, "baselines": ["random", "superfiltering"], "rank": 4, "alpha": 8, "epochs": 1, "learning_rate": 1e-3,
          "batch_size": 4, "micro_batch_size": 2, "max_length": 128}
