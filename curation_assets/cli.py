@@ -3,6 +3,7 @@
     curate run [POOL...] [--config FILE] [--home DIR] [--refresh] land files and run the whole graph
     curate why ROW [--home DIR] [--json]                            one sample's story, source to decision
     curate export [--format F ...] [--out DIR] [--home DIR]         write the subset for training
+    curate compare [--home DIR] [--json]                            subset vs baselines vs base model, per task
 
 Every command reads the project config: `--config FILE`, else `$CURATION_CONFIG`, else
 ./curation.yaml (the file `dagster dev` loads too); `--home` overrides its data home.
@@ -77,6 +78,26 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from curation_assets.subset_training import comparison_table
+
+    storage = _storage(args)
+    path = storage.asset_file("subset_evaluation")
+    if not path.exists():
+        print(f"curate compare: no subset_evaluation under {storage.root}; materialize subset_model and subset_evaluation first", file=sys.stderr)
+        return 2
+    table = comparison_table(pl.read_parquet(path))
+    if args.json:
+        print(table.write_json())
+        return 0
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, tbl_formatting="ASCII_MARKDOWN", tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, fmt_str_lengths=40):
+        print(table)
+    print("answer_loss: mean NLL per answer token (lower is better); accuracy: the metric column; *_vs_base: difference to the base model (zero-shot)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="curate", description="Instruction-data curation, headless.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -98,6 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--home", help="project data folder")
     export.add_argument("--config", help="project config (default $CURATION_CONFIG or ./curation.yaml)")
     export.set_defaults(func=_export)
+    compare = sub.add_parser("compare", help="print subset_evaluation: the subset against baselines and the base model, per task")
+    compare.add_argument("--home", help="project data folder")
+    compare.add_argument("--config", help="the run's YAML config (for its home)")
+    compare.add_argument("--json", action="store_true", help="machine-readable output")
+    compare.set_defaults(func=_compare)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -8,7 +8,7 @@ import os
 
 import dagster as dg
 
-from curation_assets import instance_scores, knowledge_tree, normalized_tags, open_tags, selected_subset
+from curation_assets import instance_scores, knowledge_tree, normalized_tags, open_tags, selected_subset, subset_training
 from curation_assets.recovery import dead_run_sensor
 from curation_assets import raw_pool as raw_pool_module
 from curation_assets.automation import GLOBAL_LABEL, automation_sensor, global_condition
@@ -55,6 +55,8 @@ ASSETS = [
     instance_scores.comparative_scores,
     selected_subset.selected_subset,
     selected_subset.subset_export,
+    subset_training.subset_model,
+    subset_training.subset_evaluation,
 ]
 CHECKS = [raw_pool_module.raw_pool_reconciles, selected_subset.selected_subset_checks]
 SENSORS = [raw_pool_module.landing_sensor, automation_sensor, dead_run_sensor]

@@ -45,6 +45,9 @@ def data_files(paths: Iterable[str | Path]) -> list[tuple[Path, str]]:
     return found
 
 
+# Slow assets a headless run materializes only when the config lists them under `assets:`.
+OPT_IN = {"subset_model", "subset_evaluation"}
+
 # The headless run reads the project config (curation_assets/project.py), as the UI does.
 RunConfig = ProjectConfig
 
@@ -112,7 +115,8 @@ def run_graph(
     job = defs.resolve_implicit_global_asset_job_def()
     graph = defs.resolve_asset_graph()
     shard_keys = [k for k in graph.toposorted_asset_keys if graph.get(k).partitions_def == pool_shards]
-    global_keys = [k for k in graph.toposorted_asset_keys if graph.get(k).is_materializable and graph.get(k).partitions_def is None]
+    global_keys = [k for k in graph.toposorted_asset_keys if graph.get(k).is_materializable and graph.get(k).partitions_def is None
+                   and (k.to_user_string() not in OPT_IN or k.to_user_string() in config.assets)]
 
     tags = process_tags()
     shard_runs: dict[str, bool] = {}

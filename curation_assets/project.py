@@ -28,7 +28,7 @@ CONFIG_FILE = "curation.yaml"
 # Settings that name files: relative values resolve against the config file's folder.
 PATH_KEYS = {
     "resources": ("model", "complexity_model", "quality_model", "home", "landing_dir"),
-    "assets": ("target_file", "iterit_chat_template"),
+    "assets": ("target_file", "iterit_chat_template", "base_model", "data_dir", "exclude_prompts_file"),
 }
 ALWAYS_PATHS = {"home", "landing_dir"}  # resolved even when the folder does not exist yet
 
