@@ -58,12 +58,16 @@ def test_demo_selection_is_explained_row_by_row(graph):
     assert chosen["row_id"].to_list() == subset["row_id"].to_list()
     assert chosen["kl_contribution"].null_count() == 0  # the demo aligns to its target prompts
     assert all(r.startswith("selected: rank") for r in chosen["reason"])
-    assert reasons.filter(~pl.col("selected"))["reason"].str.starts_with("budget reached").all()
+    why_not = reasons.filter(~pl.col("selected"))["reason"]
+    assert (why_not.str.starts_with("budget reached") | why_not.str.starts_with("no tree leaf")).all()
+    assert why_not.str.starts_with("budget reached").any()
     assert chosen["nearest_similarity"][0] is None and chosen["nearest_similarity"][1:].null_count() == 0
     scores = reasons.explode("scores").unnest("scores").drop_nulls("name")
     assert set(scores["name"]) >= {"ifd_ppl", "avg_noisy_ifd", "ifd_loss", "iterit_ifd", "deita_score"}
     assert scores["percentile"].is_between(0, 100).all()
-    assert reasons["tree_path"].null_count() == 0
+    # Rows off the tree (no tag kept at the demo's min_df) are exactly those with no tree path.
+    off_tree = reasons["reason"].str.starts_with("no tree leaf")
+    assert (reasons["tree_path"].is_null() == off_tree).all() and chosen["tree_path"].null_count() == 0
 
 
 def test_checks_pass_and_metadata_shows_coverage(graph):
@@ -197,7 +201,8 @@ def test_export_and_why(graph, capsys):
     assert messages[0]["messages"][-1]["role"] == "assistant" and messages[0]["id"] == subset["row_id"][0]
     assert pl.read_parquet(home / "out" / "subset.parquet").height == subset.height
 
-    chosen = subset.row(0, named=True)
+    on_tree = reasons.filter(pl.col("selected") & pl.col("tree_path").is_not_null())["row_id"]
+    chosen = subset.filter(pl.col("row_id").is_in(on_tree.implode())).row(0, named=True)
     assert cli.main(["why", chosen["row_id"][:10], "--home", str(home)]) == 0
     story = capsys.readouterr().out
     assert f"{chosen['source_file']}, record {chosen['source_row']}" in story
