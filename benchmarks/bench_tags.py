@@ -70,7 +70,7 @@ def synthetic_rows(n_rows: int, n_tags: int, seed: int = 0) -> pl.DataFrame:
 
 def part1(n_rows: int, n_tags: int) -> None:
     from curation_assets.methods.tag_normalization import NormalizationSettings, normalize_tags
-    from curation_assets.methods.tree import TreeSettings, build_tree, ground_rows
+    from curation_assets.methods.tree import TreeSettings, build_tree, ground_rows, tree_leaves, tree_quality
     from resources.models import EmbedderResource
 
     rows = synthetic_rows(n_rows, n_tags)
@@ -91,11 +91,76 @@ def part1(n_rows: int, n_tags: int) -> None:
     nodes = build_tree(labels, embedder.encode([x.lower() for x in labels]), leaves["len"].to_numpy(), TreeSettings())
     memberships = ground_rows(out, nodes)
     timings["tree + grounding"] = time.perf_counter() - t
+    t = time.perf_counter()
+    concept_rows, _ = tree_leaves(rows, vocab, embedder.encode, 0.9, 2)
+    timings["leaf concepts (cosine 0.9)"] = time.perf_counter() - t
+    concepts = concept_rows.explode("tree_tags").drop_nulls().group_by("tree_tags").len().sort("tree_tags")
+    t = time.perf_counter()
+    concept_nodes = build_tree(concepts["tree_tags"].to_list(), embedder.encode([x.lower() for x in concepts["tree_tags"]]), concepts["len"].to_numpy(), TreeSettings())
+    concept_members = ground_rows(concept_rows, concept_nodes)
+    timings["tree over leaf concepts + grounding"] = time.perf_counter() - t
     for name, seconds in timings.items():
         print(f"  {name:<40}{seconds:>8.1f} s")
     print(f"  {'total':<40}{sum(timings.values()):>8.1f} s")
     print(f"  canonical tags {len(labels):,}; tree: {nodes.height:,} nodes, depth {nodes['depth'].max()}, "
           f"{memberships.height:,} memberships; peak RSS {rss_mb():,.0f} MiB ({rss_mb() - base:,.0f} over the start)")
+    print_quality({"one leaf per tag": tree_quality(nodes, memberships, rows.height), "leaf concepts": tree_quality(concept_nodes, concept_members, rows.height)})
+
+
+def print_quality(trees: dict[str, dict]) -> None:
+    names = list(trees)
+    print(f"  {'tree quality':<28}" + "".join(f"{n:>20}" for n in names))
+    for key in trees[names[0]]:
+        print(f"  {key:<28}" + "".join(f"{trees[n][key]:>20.3f}" if isinstance(trees[n][key], float) else f"{trees[n][key]:>20,}" for n in names))
+
+
+def demo_pool_figures() -> None:
+    """The demo pool with curation.yaml's (the demo's) tagging and tree settings: per-tag leaves (before issue
+    13's leaf concepts and min_df) against leaf concepts (now)."""
+    import yaml
+
+    from curation_assets.knowledge_tree import KnowledgeTreeConfig
+    from curation_assets.methods.ingest import IngestOptions, ingest_file, load_options
+    from curation_assets.methods.tag_normalization import normalize_tags
+    from curation_assets.methods.tagging import keyphrase_tags
+    from curation_assets.methods.tree import TreeSettings, build_tree, ground_rows, tree_leaves, tree_quality
+    from curation_assets.normalized_tags import NormalizedTagsConfig
+    from resources.models import EmbedderResource
+    from resources.tagger import TaggerResource
+
+    cfg = yaml.safe_load((ROOT / "curation.yaml").read_text())
+    tagger = TaggerResource(**cfg["resources"]["tagger"])
+    norm = NormalizedTagsConfig(**cfg["assets"]["normalized_tags"])
+    tree_cfg = KnowledgeTreeConfig(**cfg["assets"]["knowledge_tree"])
+    shards = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for f in sorted((ROOT / "demo" / "pool").iterdir()):
+            if not f.name.endswith(".ingest.json"):
+                summary = ingest_file(str(f), load_options(str(f), IngestOptions(max_record_bytes=200_000)), partition=f.name, source_file=f.name, staging_dir=tmp)
+                shards.append(pl.concat([pl.read_parquet(p) for p in summary.pool_parts]).unique("row_id", keep="first", maintain_order=True))
+    pool = pl.concat(shards).unique("row_id", keep="first", maintain_order=True)
+    encode = EmbedderResource().encode
+    print(f"\npart 3: demo pool ({pool.height} rows), curation.yaml (demo) settings")
+    settings = TreeSettings(branching=tree_cfg.branching, top=tree_cfg.top, max_depth=tree_cfg.max_depth, seed=tree_cfg.seed)
+    trees = {}
+    for name, min_df, leaf_threshold in (("before: per-tag leaves", 1, None), ("now: min_df + concepts", tagger.min_df, norm.leaf_threshold)):
+        t = time.perf_counter()
+        tags = []
+        for shard in shards:  # tagged per shard, as open_tags does
+            shard = shard.filter(pl.col("row_id").is_in(pool["row_id"].implode()))
+            tags += list(zip(shard["row_id"], keyphrase_tags(shard["instruction"].to_list(), encode, top_n=tagger.top_n, ngram_range=(tagger.min_ngram, tagger.max_ngram), diversity=tagger.diversity, min_df=min_df)))
+        by_id = dict(tags)
+        rows = pool.select("row_id", pl.Series("raw_tags", [[t["tag"] for t in by_id[r]] for r in pool["row_id"]], dtype=pl.List(pl.String)), pl.col("response").str.len_chars().alias("response_chars"), pl.int_range(pl.len()).alias("pool_order"))
+        out, vocab = normalize_tags(rows, encode, norm.settings())
+        if leaf_threshold is not None:
+            leaves_df, _ = tree_leaves(rows, vocab, encode, leaf_threshold, norm.tree_min_rows)
+            out = out.drop("tree_tags").join(leaves_df, on="row_id", how="left")
+        leaves = out.select("row_id", "tree_tags").explode("tree_tags").drop_nulls().group_by("tree_tags").len().sort("tree_tags")
+        nodes = build_tree(leaves["tree_tags"].to_list(), encode([x.lower() for x in leaves["tree_tags"]]), leaves["len"].to_numpy(), settings)
+        raw = rows["raw_tags"].explode().drop_nulls()
+        counts = raw.value_counts()
+        trees[name] = {"raw tags": raw.n_unique(), "raw tags used once": int((counts["count"] == 1).sum()), **tree_quality(nodes, ground_rows(out, nodes), pool.height), "seconds": time.perf_counter() - t}
+    print_quality(trees)
 
 
 def part2() -> None:
@@ -138,12 +203,15 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--tags", type=int, default=50_000)
     parser.add_argument("--skip-backends", action="store_true")
+    parser.add_argument("--demo-only", action="store_true", help="only part 3: tree figures on the demo pool")
     args = parser.parse_args()
-    if not SHARED.is_dir():
-        sys.exit(f"needs {SHARED}")
-    part1(args.rows, args.tags)
-    if not args.skip_backends:
-        part2()
+    if not args.demo_only:
+        if not SHARED.is_dir():
+            sys.exit(f"needs {SHARED}")
+        part1(args.rows, args.tags)
+        if not args.skip_backends:
+            part2()
+    demo_pool_figures()
 
 
 if __name__ == "__main__":

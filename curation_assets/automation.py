@@ -1,10 +1,18 @@
 """When assets refresh: per-shard assets as soon as their shard lands; global assets (normalization,
-tree, comparative scores, selection) eagerly, or on a cron for big pools."""
+tree, comparative scores, selection, export) once every shard is landed, tagged and scored, never
+downstream of a failed step, and eagerly or on a cron for big pools.
+
+Runs the automation launches carry no run config: the ops' config defaults, which definitions.py
+sets from the project config, are what they run with.
+"""
 
 import os
+from collections.abc import Iterable
 
 import dagster as dg
 import polars as pl
+
+GLOBAL_LABEL = "global_refresh"
 
 
 def eager_or_new_code() -> dg.AutomationCondition:
@@ -21,10 +29,9 @@ def eager_or_new_code() -> dg.AutomationCondition:
 
 
 def global_refresh() -> dg.AutomationCondition:
-    """`eager` (default): refresh when inputs or the code version change and no input is missing
-    or running. `CURATION_REFRESH_CRON="0 3 * * *"`: at most once per cron tick, after the inputs changed."""
-    cron = os.environ.get("CURATION_REFRESH_CRON")
-    return dg.AutomationCondition.on_cron(cron) if cron else eager_or_new_code()
+    """Marks a global asset for the refresh rule above; `definitions.automate` replaces it with
+    `global_condition` over the graph's per-shard assets."""
+    return dg.AutomationCondition.eager().with_label(GLOBAL_LABEL)
 
 
 def global_table(description: str) -> dg.AssetOut:
@@ -36,10 +43,37 @@ def shard_refresh() -> dg.AutomationCondition:
     return eager_or_new_code()
 
 
+def global_condition(shard_assets: Iterable[dg.AssetKey]) -> dg.AutomationCondition:
+    """Refresh when an input or the code version changed (eager) or on `CURATION_REFRESH_CRON`, and only while
+
+    - no partition of any per-shard asset is missing, running or failed (every new shard is landed,
+      tagged and scored first, so one refresh covers it), and
+    - no direct input's latest run failed (unless that input is being re-run in the same tick).
+    """
+    cron = os.environ.get("CURATION_REFRESH_CRON")
+    trigger = (
+        dg.AutomationCondition.on_cron(cron) & ~dg.AutomationCondition.any_deps_missing() & ~dg.AutomationCondition.in_progress()
+        if cron else eager_or_new_code()
+    )
+    unsettled = dg.AutomationCondition.missing() | dg.AutomationCondition.in_progress() | dg.AutomationCondition.execution_failed()
+    shards_pending = None
+    for key in shard_assets:
+        pending = dg.AutomationCondition.asset_matches(key, unsettled).with_label(f"{key.to_user_string()}: a shard missing, running or failed")
+        shards_pending = pending if shards_pending is None else shards_pending | pending
+    failed_input = dg.AutomationCondition.any_deps_match(
+        dg.AutomationCondition.execution_failed() & ~dg.AutomationCondition.will_be_requested()
+    ).with_label("an input's latest run failed")
+    condition = trigger & ~failed_input
+    if shards_pending is not None:
+        condition = condition & ~shards_pending
+    return condition.with_label(f"{GLOBAL_LABEL} ({'on_cron ' + cron if cron else 'eager'})")
+
+
 automation_sensor = dg.AutomationConditionSensorDefinition(
     "curation_automation",
     target=dg.AssetSelection.all(),
-    default_status=dg.DefaultSensorStatus.RUNNING,
+    # CURATION_AUTOMATION=off: only the landing sensor runs (ingest-only deployments, load tests).
+    default_status=dg.DefaultSensorStatus.STOPPED if os.environ.get("CURATION_AUTOMATION") == "off" else dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=int(os.environ.get("CURATION_AUTOMATION_INTERVAL", "30")),
     description="Runs per-shard assets for new shards and refreshes the global assets (declarative automation).",
 )

@@ -1,28 +1,40 @@
 """`curate`: the headless entry point.
 
-    curate run POOL... [--config FILE] [--home DIR] [--refresh]   land files and run the whole graph
+    curate run [POOL...] [--config FILE] [--home DIR] [--refresh] land files and run the whole graph
     curate why ROW [--home DIR] [--json]                            one sample's story, source to decision
     curate export [--format F ...] [--out DIR] [--home DIR]         write the subset for training
+    curate compare [--home DIR] [--json]                            subset vs baselines vs base model, per task
+
+Every command reads the project config: `--config FILE`, else `$CURATION_CONFIG`, else
+./curation.yaml (the file `dagster dev` loads too); `--home` overrides its data home.
 """
 
 import argparse
 import sys
+from pathlib import Path
 
-from curation_assets.headless import RunConfig, run_graph
+from curation_assets.headless import run_graph
+from curation_assets.project import ProjectConfig
 from resources.storage import CurationStorage
 
 
-def _storage(args) -> CurationStorage:
+def _config(args) -> ProjectConfig:
+    config = ProjectConfig.load(getattr(args, "config", None))
     if args.home:
-        return CurationStorage(home=args.home)
-    config = RunConfig.load(getattr(args, "config", None))
-    return CurationStorage(home=config.home) if config.home else CurationStorage()
+        config.home = str(Path(args.home).expanduser().resolve())
+    return config
+
+
+def _storage(args) -> CurationStorage:
+    config = _config(args)
+    settings = dict(config.resources.get("storage") or {})
+    if config.home:
+        settings["home"] = config.home
+    return CurationStorage(**settings)
 
 
 def _run(args: argparse.Namespace) -> int:
-    config = RunConfig.load(args.config)
-    if args.home:
-        config.home = args.home
+    config = _config(args)
     report = run_graph(args.pool, config, refresh=args.refresh)
     home = report.home
     print(f"\noutputs under {home}")
@@ -34,12 +46,9 @@ def _run(args: argparse.Namespace) -> int:
     ]:
         if path.exists():
             print(f"  {label + ':':<19}{path}")
-    print("explain a row with: curate why <row_id or file:record>" + (f" --home {home}" if args.home or config.home else ""))
-    failed = [p for p, ok in report.shard_runs.items() if not ok]
-    if failed or report.global_run is False:
-        print(f"failed shards: {failed}" if failed else "the global run failed", file=sys.stderr)
-        return 1
-    return 0
+    print("explain a row with: curate why <row_id or file:record>" + (f" --home {home}" if args.home else "") + (f" --config {args.config}" if args.config else ""))
+    print("\n" + report.summary(), file=sys.stdout if report.ok else sys.stderr)
+    return 0 if report.ok else 1
 
 
 def _why(args: argparse.Namespace) -> int:
@@ -69,27 +78,52 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from curation_assets.subset_training import comparison_table
+
+    storage = _storage(args)
+    path = storage.asset_file("subset_evaluation")
+    if not path.exists():
+        print(f"curate compare: no subset_evaluation under {storage.root}; materialize subset_model and subset_evaluation first", file=sys.stderr)
+        return 2
+    table = comparison_table(pl.read_parquet(path))
+    if args.json:
+        print(table.write_json())
+        return 0
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, tbl_formatting="ASCII_MARKDOWN", tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, fmt_str_lengths=40):
+        print(table)
+    print("answer_loss: mean NLL per answer token (lower is better); accuracy: the metric column; *_vs_base: difference to the base model (zero-shot)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="curate", description="Instruction-data curation, headless.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="land pool files and materialize the whole graph")
-    run.add_argument("pool", nargs="+", help="pool files or folders")
-    run.add_argument("--config", help="YAML with home, resources and per-asset config")
-    run.add_argument("--home", help="project data folder (default $CURATION_HOME or ./.curation)")
+    run.add_argument("pool", nargs="*", help="pool files or folders (none: re-run the landed pool, repairing missing or unreadable outputs)")
+    run.add_argument("--config", help="project config (default $CURATION_CONFIG or ./curation.yaml)")
+    run.add_argument("--home", help="data home (default: the config's home, $CURATION_HOME or ./.curation)")
     run.add_argument("--refresh", action="store_true", help="re-run shards that are already materialized")
     run.set_defaults(func=_run)
     why = sub.add_parser("why", help="explain one row: source, tags, tree, scores, decision")
     why.add_argument("row", help="row_id (or a unique prefix), or FILE:RECORD")
     why.add_argument("--home", help="project data folder")
-    why.add_argument("--config", help="the run's YAML config (for its home)")
+    why.add_argument("--config", help="project config (default $CURATION_CONFIG or ./curation.yaml)")
     why.add_argument("--json", action="store_true", help="machine-readable output")
     why.set_defaults(func=_why)
     export = sub.add_parser("export", help="write the selected subset for training frameworks")
     export.add_argument("--format", action="append", choices=["alpaca", "sharegpt", "openai", "parquet"], help="repeatable; default all")
     export.add_argument("--out", help="output folder (default <home>/exports/selected_subset)")
     export.add_argument("--home", help="project data folder")
-    export.add_argument("--config", help="the run's YAML config (for its home)")
+    export.add_argument("--config", help="project config (default $CURATION_CONFIG or ./curation.yaml)")
     export.set_defaults(func=_export)
+    compare = sub.add_parser("compare", help="print subset_evaluation: the subset against baselines and the base model, per task")
+    compare.add_argument("--home", help="project data folder")
+    compare.add_argument("--config", help="the run's YAML config (for its home)")
+    compare.add_argument("--json", action="store_true", help="machine-readable output")
+    compare.set_defaults(func=_compare)
     args = parser.parse_args(argv)
     return args.func(args)
 

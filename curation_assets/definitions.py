@@ -1,16 +1,22 @@
-"""The Dagster definitions: assets, checks, sensors and resources of the curation graph."""
+"""The Dagster definitions: assets, checks, sensors and resources of the curation graph, built from
+the project config (curation_assets/project.py) so that the UI, the automation and `curate` share
+one data home, one set of models and one set of asset settings."""
 
 from __future__ import annotations
 
-import dagster as dg
-from dagster_polars import PolarsParquetIOManager
+import os
 
-from curation_assets import instance_scores, knowledge_tree, normalized_tags, open_tags, selected_subset
-from curation_assets.automation import automation_sensor
+import dagster as dg
+
+from curation_assets import instance_scores, knowledge_tree, normalized_tags, open_tags, selected_subset, subset_training
+from curation_assets.recovery import dead_run_sensor
 from curation_assets import raw_pool as raw_pool_module
+from curation_assets.automation import GLOBAL_LABEL, automation_sensor, global_condition
+from curation_assets.partitions import pool_shards
+from curation_assets.project import ProjectConfig, with_config_defaults
 from resources.models import EmbedderResource
 from resources.scorer import CausalLMScorerResource, DeitaScorersResource
-from resources.storage import CurationStorage
+from resources.storage import AtomicParquetIOManager, CurationStorage
 from resources.tagger import TaggerResource
 
 
@@ -24,9 +30,9 @@ def build_resources(home: str | None = None, resource_config: dict | None = None
     if unknown:
         raise ValueError(f"unknown resources {sorted(unknown)}; known: {sorted(RESOURCE_TYPES)}")
     if home:
-        cfg.setdefault("storage", {}).setdefault("home", home)
+        cfg.setdefault("storage", {})["home"] = home
     resources = {key: cls(**cfg.get(key, {})) for key, cls in RESOURCE_TYPES.items()}
-    resources["io_manager"] = PolarsParquetIOManager(base_dir=str(resources["storage"].assets))
+    resources["io_manager"] = AtomicParquetIOManager(base_dir=str(resources["storage"].assets))
     return resources
 
 
@@ -56,20 +62,81 @@ def build_assets(asset_config: dict | None = None, resource_config: dict | None 
         instance_scores.comparative_scores,
         selected_subset.build_asset(asset_config.get("selected_subset")),
         selected_subset.subset_export,
+        subset_training.subset_model,
+        subset_training.subset_evaluation,
     ]
 
 
 CHECKS = [raw_pool_module.raw_pool_reconciles, selected_subset.selected_subset_checks]
-SENSORS = [raw_pool_module.landing_sensor, automation_sensor]
+SENSORS = [raw_pool_module.landing_sensor, automation_sensor, dead_run_sensor]
+
+# Asset groups in the order of the README's stages, so the lineage reads left to right.
+STAGES = {
+    "1_raw_pool": ["raw_pool", "raw_pool_quarantine"],
+    "2_open_tags": ["open_tags"],
+    "3_normalized_tags": ["normalized_tags", "tag_vocabulary"],
+    "4_knowledge_tree": ["knowledge_tree", "tree_memberships"],
+    "5_instance_scores": ["instance_scores", "comparative_scores"],
+    "6_gradient_store": ["query_set", "warmup_adapter", "gradient_store"],
+    "7_selected_subset": ["selected_subset", "selection_reasons", "subset_export", "selection_report"],
+    "8_evaluation": ["subset_model", "subset_evaluation"],
+}
+STAGE_OF = {asset: group for group, assets in STAGES.items() for asset in assets}
+
+def executor_from_env() -> dg.ExecutorDefinition | None:
+    """`CURATION_EXECUTOR=celery`: steps run on dagster-celery workers (broker and result backend
+    from `CURATION_CELERY_BROKER` / `CURATION_CELERY_BACKEND`, see deploy/); else Dagster's
+    multiprocess executor on this machine."""
+    name = os.environ.get("CURATION_EXECUTOR", "multiprocess")
+    if name == "celery":
+        from dagster_celery import celery_executor
+
+        return celery_executor.configured(
+            {"broker": {"env": "CURATION_CELERY_BROKER"}, "backend": {"env": "CURATION_CELERY_BACKEND"}}, name="celery"
+        )
+    if name != "multiprocess":
+        raise ValueError(f"CURATION_EXECUTOR={name!r}: expected multiprocess or celery")
+    return None
 
 
-def build_definitions(home: str | None = None, resource_config: dict | None = None, asset_config: dict | None = None) -> dg.Definitions:
+def automate(assets: list) -> list:
+    """Stage groups on every asset, and the global refresh rule (automation.global_condition) on
+    every global asset marked with `global_refresh()`, over the graph's per-shard assets."""
+    shard_keys = [
+        key for a in assets if isinstance(a, dg.AssetsDefinition) and a.partitions_def == pool_shards for key in a.keys
+    ]
+    condition = global_condition(shard_keys)
+
+    def spec(s: dg.AssetSpec) -> dg.AssetSpec:
+        changes = {}
+        if s.key.to_user_string() in STAGE_OF:
+            changes["group_name"] = STAGE_OF[s.key.to_user_string()]
+        if s.automation_condition is not None and s.automation_condition.get_label() == GLOBAL_LABEL:
+            changes["automation_condition"] = condition
+        return s.replace_attributes(**changes) if changes else s
+
+    return list(dg.map_asset_specs(spec, assets))
+
+
+def build_definitions(home: str | None = None, resource_config: dict | None = None, asset_config: dict | None = None, *, source: str = "asset config") -> dg.Definitions:
+    """The definitions for one data home, resource settings and per-op asset settings (the
+    defaults every run uses unless a run config says otherwise)."""
+    asset_config = dict(asset_config or {})
+    if isinstance(asset_config.get("selected_subset"), dict):  # the earlier flat form still reads
+        asset_config["selected_subset"] = selected_subset.nested_config(asset_config["selected_subset"])
     return dg.Definitions(
-        assets=build_assets(asset_config, resource_config),
+        assets=automate(with_config_defaults(build_assets(asset_config, resource_config), asset_config, source)),
         asset_checks=CHECKS,
         sensors=SENSORS,
         resources=build_resources(home, resource_config),
+        executor=executor_from_env(),
     )
 
 
-defs = build_definitions()
+def project_definitions(config: ProjectConfig | None = None) -> dg.Definitions:
+    """The definitions of a project config (default: the one `ProjectConfig.load(None)` finds)."""
+    config = config if config is not None else ProjectConfig.load(None)
+    return build_definitions(config.home, config.resource_settings(), config.assets, source=str(config.path or "asset config"))
+
+
+defs = project_definitions()

@@ -10,11 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
-import yaml
 
-from curation_assets.landing import LandedFile, land_file
+from curation_assets.landing import LandedFile, files_inside, land_file
 from curation_assets.methods.ingest import is_data_file
 from curation_assets.partitions import pool_shards
+from curation_assets.recovery import process_tags, recover_dead_runs
+from curation_assets.shards import complete_shards
+from resources.storage import readable_parquet
+from curation_assets.project import ProjectConfig
 
 
 def open_instance() -> dg.DagsterInstance:
@@ -34,7 +37,7 @@ def data_files(paths: Iterable[str | Path]) -> list[tuple[Path, str]]:
     for raw in paths:
         path = Path(raw).expanduser().resolve()
         if path.is_dir():
-            found += [(p, p.relative_to(path).as_posix()) for p in sorted(path.rglob("*")) if p.is_file() and is_data_file(p)]
+            found += [(p, p.relative_to(path).as_posix()) for p in files_inside(path) if is_data_file(p)]
         elif path.is_file():
             found.append((path, path.name))
         else:
@@ -42,51 +45,13 @@ def data_files(paths: Iterable[str | Path]) -> list[tuple[Path, str]]:
     return found
 
 
-@dataclass
-class RunConfig:
-    """A headless run's settings, read from YAML: `home`, `resources` and per-asset `assets` config."""
+# Slow assets a headless run materializes only when the config lists them under `assets:`.
+OPT_IN = {"subset_model", "subset_evaluation"}
 
-    home: str | None = None
-    resources: dict = field(default_factory=dict)
-    assets: dict = field(default_factory=dict)
+# The headless run reads the project config (curation_assets/project.py), as the UI does.
+RunConfig = ProjectConfig
 
-    @classmethod
-    def load(cls, path: str | Path | None) -> "RunConfig":
-        if path is None:
-            return cls()
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        unknown = set(data) - {"home", "resources", "assets"}
-        if unknown:
-            raise ValueError(f"{path}: unknown sections {sorted(unknown)}; expected home, resources, assets")
-        # Model folders and target files may be given relative to the config file.
-        here = Path(path).resolve().parent
-        for section, keys in (("resources", ("model", "complexity_model", "quality_model")), ("assets", ("target_file", "iterit_chat_template"))):
-            for settings in (data.get(section) or {}).values():
-                _resolve_paths(settings, keys, here)
-        assets = data.get("assets") or {}
-        if isinstance(assets.get("selected_subset"), dict):
-            from curation_assets.selected_subset import nested_config
-
-            assets["selected_subset"] = nested_config(assets["selected_subset"])  # the earlier flat form still reads
-        return cls(**data)
-
-    def run_config(self, ops: Iterable[str]) -> dict:
-        ops = set(ops)
-        return {
-            "ops": {name: {"config": cfg} for name, cfg in self.assets.items() if name in ops},
-            "loggers": {"console": {"config": {"log_level": "INFO"}}},
-        }
-
-
-def _resolve_paths(settings, keys: tuple[str, ...], here: Path) -> None:
-    """Make the path settings in `settings` (nested dicts too) absolute where they exist beside `here`."""
-    if not isinstance(settings, dict):
-        return
-    for key, value in settings.items():
-        if key in keys and isinstance(value, str) and not Path(value).is_absolute() and (here / value).exists():
-            settings[key] = str(here / value)
-        elif isinstance(value, dict):
-            _resolve_paths(value, keys, here)
+RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 @dataclass
@@ -95,22 +60,49 @@ class RunReport:
     shard_runs: dict[str, bool]
     global_run: bool | None
     home: Path
+    shard_errors: dict[str, str] = field(default_factory=dict)
+    skipped_shards: list[str] = field(default_factory=list)  # left out of the global assets
+    recovered_runs: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(self.shard_runs.values()) and not self.skipped_shards and self.global_run is not False
+
+    def summary(self) -> str:
+        """A per-shard table, then the global assets' outcome, saying which shards they left out."""
+        lines = []
+        if self.shard_runs:
+            width = max(len(p) for p in self.shard_runs)
+            lines += [f"{'shard':<{width}}  status  error", f"{'-' * width}  ------  -----"]
+            for partition, ok in self.shard_runs.items():
+                lines.append(f"{partition:<{width}}  {'ok' if ok else 'FAILED':<6}  {self.shard_errors.get(partition, '')}")
+        if self.global_run is None:
+            lines.append("global assets: not run")
+        elif not self.global_run:
+            lines.append("global assets: FAILED (see the run in the UI)")
+        elif self.skipped_shards:
+            lines.append(f"global assets: ok WITHOUT {len(self.skipped_shards)} shard(s) whose outputs are missing: {', '.join(self.skipped_shards)}")
+        else:
+            lines.append("global assets: ok")
+        return "\n".join(lines)
 
 
 def run_graph(
     paths: Iterable[str | Path],
-    config: RunConfig | None = None,
+    config: ProjectConfig | None = None,
     *,
     refresh: bool = False,
     instance: dg.DagsterInstance | None = None,
     log: Callable[[str], None] = print,
 ) -> RunReport:
-    from curation_assets.definitions import build_definitions
+    from curation_assets.definitions import project_definitions
 
-    config = config or RunConfig()
-    defs = build_definitions(home=config.home, resource_config=config.resources, asset_config=config.assets)
+    config = config if config is not None else ProjectConfig.load(None)
+    defs = project_definitions(config)
     storage = defs.resources["storage"]
     instance = instance or open_instance()
+    # A run of an earlier `curate run` that was killed would hold its pool slot forever.
+    recovered = recover_dead_runs(instance, log)
 
     landed = [land_file(path, storage.landed, name) for path, name in data_files(paths)]
     known = set(instance.get_dynamic_partitions(pool_shards.name))
@@ -123,57 +115,99 @@ def run_graph(
     job = defs.resolve_implicit_global_asset_job_def()
     graph = defs.resolve_asset_graph()
     shard_keys = [k for k in graph.toposorted_asset_keys if graph.get(k).partitions_def == pool_shards]
-    global_keys = [k for k in graph.toposorted_asset_keys if graph.get(k).is_materializable and graph.get(k).partitions_def is None]
+    global_keys = [k for k in graph.toposorted_asset_keys if graph.get(k).is_materializable and graph.get(k).partitions_def is None
+                   and (k.to_user_string() not in OPT_IN or k.to_user_string() in config.assets)]
 
-    def ops(keys):
-        return {graph.assets_def_for_key(k).node_def.name for k in keys}
-
+    tags = process_tags()
     shard_runs: dict[str, bool] = {}
-    done = set() if refresh else _materialized(instance, {k: graph.get(k).code_version for k in shard_keys})
-    for partition in sorted(instance.get_dynamic_partitions(pool_shards.name)):
-        if partition in done:
+    errors: dict[str, str] = {}
+    partitions = sorted(instance.get_dynamic_partitions(pool_shards.name))
+    materialized = {k: _materialized(instance, k, graph.get(k).code_version) for k in shard_keys}
+    for partition in partitions:
+        todo = shard_keys if refresh else _to_materialize(materialized, storage, graph, shard_keys, partition)
+        if not todo:
             continue
-        result = job.execute_in_process(
-            instance=instance,
-            partition_key=partition,
-            asset_selection=shard_keys,
-            run_config=config.run_config(ops(shard_keys)),
-            raise_on_error=False,
-        )
-        shard_runs[partition] = result.success
-        log(f"shard {partition}: {'ok' if result.success else 'FAILED (see the run in the UI)'}")
+        success, error = _execute(job, instance, asset_selection=todo, run_config=RUN_CONFIG, partition_key=partition, tags=tags)
+        shard_runs[partition] = success
+        if not success:
+            errors[partition] = error
+        log(f"shard {partition}: {'ok' if success else 'FAILED: ' + error}")
 
     global_run = None
+    skipped: list[str] = []
     if global_keys:
+        global_run, error = _execute(job, instance, asset_selection=global_keys, run_config=RUN_CONFIG, tags=tags)
+        # The shards the global assets left out: those missing an output of a per-shard asset.
+        _, skipped = complete_shards(storage, partitions, [k.to_user_string() for k in shard_keys])
+        log(f"global assets: {'ok' if global_run else 'FAILED: ' + error}")
+    return RunReport(landed, shard_runs, global_run, storage.root, errors, skipped, recovered)
+
+
+def _execute(job, instance, *, asset_selection, run_config, partition_key=None, tags=None) -> tuple[bool, str]:
+    """Run in this process, or, with `CURATION_EXECUTOR=celery`, as a run whose steps the cluster
+    workers execute (they rebuild the definitions from `CURATION_CONFIG`, as the code server does).
+    Returns success and, on failure, the first error."""
+    if os.environ.get("CURATION_EXECUTOR", "multiprocess") != "celery":
         result = job.execute_in_process(
-            instance=instance,
-            asset_selection=global_keys,
-            run_config=config.run_config(ops(global_keys)),
-            raise_on_error=False,
+            instance=instance, partition_key=partition_key, asset_selection=asset_selection, run_config=run_config, tags=tags, raise_on_error=False
         )
-        global_run = result.success
-        log(f"global assets: {'ok' if result.success else 'FAILED (see the run in the UI)'}")
-    return RunReport(landed, shard_runs, global_run, storage.root)
+        return result.success, "" if result.success else _first_error(result)
+    tags = {**(tags or {}), **({"dagster/partition": partition_key} if partition_key else {})}
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+
+    repository = ReconstructableRepository.for_module("curation_assets.definitions", "defs", working_directory=os.getcwd())
+    with dg.execute_job(
+        repository.get_reconstructable_job(job.name), instance, run_config=run_config, tags=tags, asset_selection=asset_selection, raise_on_error=False
+    ) as result:
+        return result.success, "" if result.success else _first_error(result)
 
 
-def _materialized(instance: dg.DagsterInstance, code_versions: dict[dg.AssetKey, str | None]) -> set[str]:
-    """Partitions where every per-shard asset is materialized, by its current code version where
-    it has one (a changed method VERSION or setting makes the shard's scores stale)."""
-    sets = []
-    for key, version in code_versions.items():
-        if version is None:
-            sets.append(set(instance.get_materialized_partitions(key)))
-            continue
-        latest: dict[str, str | None] = {}
-        cursor = None
-        while True:
-            page = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key), limit=1000, cursor=cursor, ascending=False)
-            for record in page.records:
-                m = record.asset_materialization
-                if m is not None and m.partition is not None and m.partition not in latest:
-                    latest[m.partition] = (m.tags or {}).get("dagster/code_version")
-            if not page.has_more:
-                break
-            cursor = page.cursor
-        sets.append({p for p, v in latest.items() if v == version})
-    return set.intersection(*sets) if sets else set()
+def _first_error(result) -> str:
+    """The first failed step and the first line of its error."""
+    for event in result.get_step_failure_events():
+        error = event.step_failure_data.error
+        while error is not None and error.cause is not None:
+            error = error.cause  # under Dagster's wrappers (retries exceeded, input loading): the root cause
+        message = (error.message if error else "failed").strip().splitlines()[0]
+        return f"{event.step_key}: {message[:300]}"
+    failure = result.get_run_failure_event()
+    return failure.message if failure else "the run failed"
+
+
+def _to_materialize(materialized: dict, storage, graph, keys: list[dg.AssetKey], partition: str) -> list[dg.AssetKey]:
+    """Per-shard assets of `partition` to (re-)materialize: those never materialized, or whose
+    stored file is missing or unreadable (a crash, a truncated copy), and everything downstream of
+    them in the shard. Whole multi-asset nodes, since they cannot be split."""
+    stale = set()
+    for key in keys:
+        path = storage.asset_file(key.to_user_string(), partition)
+        if partition not in materialized[key] or not path.exists() or not readable_parquet(path):
+            stale.add(key)
+    while True:
+        grown = set(stale)
+        for key in keys:
+            if key in grown or any(parent in grown for parent in graph.get(key).parent_keys):
+                grown |= set(graph.assets_def_for_key(key).keys) & set(keys)
+        if grown == stale:
+            break
+        stale = grown
+    return [k for k in keys if k in stale]
+
+
+def _materialized(instance: dg.DagsterInstance, key: dg.AssetKey, code_version: str | None) -> set[str]:
+    """Partitions of `key` materialized, by its current code version where it has one (a changed
+    method VERSION or setting makes the shard's scores stale)."""
+    if code_version is None:
+        return set(instance.get_materialized_partitions(key))
+    latest: dict[str, str | None] = {}
+    cursor = None
+    while True:
+        page = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key), limit=1000, cursor=cursor, ascending=False)
+        for record in page.records:
+            m = record.asset_materialization
+            if m is not None and m.partition is not None and m.partition not in latest:
+                latest[m.partition] = (m.tags or {}).get("dagster/code_version")
+        if not page.has_more:
+            break
+        cursor = page.cursor
+    return {p for p, v in latest.items() if v == code_version}

@@ -110,6 +110,9 @@ def build_asset(config: dict | None = None, resources: dict | None = None, metho
         pool="gpu",
         code_version=code_version(config, resources, methods),
         automation_condition=shard_refresh(),
+        # A step process lost mid-run (killed, out of memory) is retried once; the rows it had scored
+        # are in the row cache, so the retry scores only the rest.
+        retry_policy=dg.RetryPolicy(max_retries=1, delay=5),
         description="Per canonical row, the registered score methods: " + "; ".join(f"{m.name} ({m.description})" for m in methods.values())
         + ". Cached per row under each method's VERSION, settings and model.",
     )

@@ -1,39 +1,71 @@
 """knowledge_tree: the TAGS tree over canonical tags; tree_memberships: rows grounded on its leaves."""
 
+import hashlib
+
 import dagster as dg
 import numpy as np
+import orjson
 import polars as pl
 from pydantic import Field
 
 from curation_assets import ui
 from curation_assets.automation import global_table
-from curation_assets.methods.tree import TreeSettings, build_tree, ground_rows
-from curation_assets.rowwise import cached_encode
-from resources.llm import ChatModelResource, ParseError
-from resources.models import EmbedderResource
-from resources.storage import CurationStorage
-
-NAMING_PROMPT = (
-    "The following topics are the children of one node in a taxonomy of instruction data:\n"
-    "{children}\n"
-    "Name their common parent topic in 2 to 5 words. Answer with the name only."
+from curation_assets.methods.tree import (
+    ASSIGN_PROMPT,
+    RENAME_PROMPT,
+    SUMMARIZE_PROMPT,
+    Ask,
+    TreeSettings,
+    build_tree,
+    ground_rows,
+    parse_name,
+    tree_quality,
 )
-
+from curation_assets.rowwise import cached_encode, compute_missing
+from resources.llm import ChatModelResource, ParseError, version_hash
+from resources.models import EmbedderResource
+from resources.storage import CurationStorage, RowCache
 
 class TreeNamerResource(ChatModelResource):
-    """Optional LLM naming of internal tree nodes; off by default (names come from the leaves)."""
+    """Optional chat model for the tree; off by default (names come from the leaves).
 
-    enabled: bool = Field(False, description="Name internal nodes with the chat model.")
+    enabled: name internal nodes from their children. refine: build each level with Clio's
+    refinement (tags-tacos.md §2.3) instead of plain k-means. Answers are cached per prompt and
+    generation settings, so a re-run asks only new prompts.
+    """
 
-    def name(self, children: list[list[str]]) -> list[str | None]:
-        def parse(text: str) -> str:
-            name = (text or "").strip().splitlines()[0].strip(" \"'*.#") if (text or "").strip() else ""
-            if not name or len(name) > 80:
-                raise ParseError("expected a short name on the first line")
-            return name
+    enabled: bool = Field(False, description="Use the chat model for the tree (naming; with refine, the Clio steps).")
+    refine: bool = Field(False, description="Clio-style refinement: summarize neighbourhoods, merge names, assign by vote, rename.")
+    neighbourhood: int = Field(40, description="refine: nodes per neighbourhood (Clio: about 40).")
+    votes: int = Field(1, description="refine: assignment answers per child; the majority wins (Clio: 5).")
 
-        prompts = [[{"role": "user", "content": NAMING_PROMPT.format(children="\n".join(f"- {c}" for c in kids))}] for kids in children]
-        return [r.value if r.ok else None for r in self.generate(prompts, parse)]
+    def version(self) -> str:
+        return version_hash(self.generation_key(), RENAME_PROMPT, SUMMARIZE_PROMPT, ASSIGN_PROMPT)
+
+    def ask(self, cache: RowCache) -> Ask:
+        """prompts -> parsed answers (None on failure), each answer cached by its prompt."""
+
+        def ask(prompts: list[str], parse) -> list:
+            def checked(text: str):
+                try:
+                    return parse(text)
+                except ValueError as exc:  # our parsers raise ValueError; retry like any off-format answer
+                    raise ParseError(str(exc)) from exc
+
+            def compute(chunk: pl.DataFrame) -> pl.DataFrame:
+                results = self.generate([[{"role": "user", "content": t}] for t in chunk["prompt"]], checked)
+                return pl.DataFrame({"row_id": chunk["row_id"], "answer": [orjson.dumps(r.value).decode() if r.ok else None for r in results], "error": [r.error for r in results]}, schema={"row_id": pl.String, "answer": pl.String, "error": pl.String})
+
+            keys = [hashlib.blake2b(t.encode(), digest_size=16).hexdigest() for t in prompts]
+            frame = pl.DataFrame({"row_id": keys, "prompt": prompts}).unique("row_id", keep="first", maintain_order=True)
+            done, _ = compute_missing(frame, cache, compute, chunk_rows=256, keep=lambda r: r["answer"].is_not_null())
+            by_key = {k: (orjson.loads(a) if a is not None else None) for k, a in zip(done["row_id"], done["answer"])}
+            return [by_key[k] for k in keys]
+
+        return ask
+
+    def name(self, children: list[list[str]], cache: RowCache) -> list[str | None]:
+        return self.ask(cache)([RENAME_PROMPT.format(children="\n".join(f"- {c}" for c in kids)) for kids in children], parse_name)
 
 
 class KnowledgeTreeConfig(dg.Config):
@@ -41,6 +73,47 @@ class KnowledgeTreeConfig(dg.Config):
     top: int = Field(20, description="Stop when a level has at most this many nodes.")
     max_depth: int = Field(8, description="At most this many levels below the root.")
     seed: int = Field(0, description="K-means seed: the same seed gives the same tree.")
+
+
+QUALITY_MEANING = {
+    "leaves": "leaf concepts",
+    "internal_nodes": "nodes between the root and the leaves",
+    "rows_per_leaf_median": "median rows grounded on a leaf",
+    "rows_per_leaf_mean": "mean rows grounded on a leaf",
+    "single_row_leaf_share": "share of leaves holding one row",
+    "depth_max": "levels below the root",
+    "leaf_depth_mean": "mean depth of a leaf",
+    "branching_mean": "mean children per parent",
+    "branching_max": "most children of one parent",
+    "rows_grounded_share": "share of pool rows on at least one leaf",
+    "label_repeats_on_paths": "nodes labelled like their parent",
+}
+
+
+def quality_table(quality: dict) -> dg.MetadataValue:
+    schema = dg.TableSchema(columns=[dg.TableColumn("measure", "string"), dg.TableColumn("value", "float"), dg.TableColumn("meaning", "string")])
+    records = [dg.TableRecord({"measure": k, "value": float(round(v, 4)), "meaning": QUALITY_MEANING.get(k, "")}) for k, v in quality.items()]
+    return dg.MetadataValue.table(records, schema=schema)
+
+
+def quality_plot(nodes: pl.DataFrame, memberships: pl.DataFrame) -> dg.MetadataValue:
+    """Rows per leaf (histogram) beside nodes per depth (bars)."""
+    per_leaf = memberships.group_by("node_id").agg(pl.col("row_id").n_unique())["row_id"].to_numpy()
+    per_depth = nodes.group_by("depth").len().sort("depth")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(8.0, 3.0))
+    axes[0].hist(per_leaf, bins=np.arange(1, max(int(per_leaf.max(initial=1)), 2) + 2) - 0.5)
+    axes[0].set_title("Rows per leaf")
+    axes[0].set_xlabel("rows")
+    axes[0].set_ylabel("leaves")
+    axes[1].bar(per_depth["depth"].to_list(), per_depth["len"].to_list())
+    axes[1].set_title("Nodes per depth")
+    axes[1].set_xlabel("depth (root 0)")
+    return ui.png_md(fig, "tree quality")
 
 
 @dg.multi_asset(
@@ -64,10 +137,16 @@ def knowledge_tree(
         .group_by("tag").agg(pl.col("row_id").n_unique().alias("rows")).sort("tag")
     )
     labels = leaves["tag"].to_list()
-    vectors = cached_encode([t.lower() for t in labels], embedder.encode, storage.row_cache("embeddings", embedder.version())) if labels else np.zeros((0, 1), np.float32)
-    settings = TreeSettings(branching=config.branching, top=config.top, max_depth=config.max_depth, seed=config.seed)
-    nodes = build_tree(labels, vectors, leaves["rows"].to_numpy(), settings, tree_namer.name if tree_namer.enabled else None)
+    emb_cache = storage.row_cache("embeddings", embedder.version())
+    encode = lambda texts: cached_encode([t.lower() for t in texts], embedder.encode, emb_cache)  # noqa: E731
+    vectors = encode(labels) if labels else np.zeros((0, 1), np.float32)
+    settings = TreeSettings(branching=config.branching, top=config.top, max_depth=config.max_depth, seed=config.seed, neighbourhood=tree_namer.neighbourhood, votes=tree_namer.votes)
+    llm_cache = storage.row_cache("tree_llm", tree_namer.version())
+    namer = (lambda children: tree_namer.name(children, llm_cache)) if tree_namer.enabled and not tree_namer.refine else None
+    refine = (tree_namer.ask(llm_cache), encode) if tree_namer.enabled and tree_namer.refine else None
+    nodes = build_tree(labels, vectors, leaves["rows"].to_numpy(), settings, namer, refine)
     memberships = ground_rows(normalized_tags, nodes)
+    quality = tree_quality(nodes, memberships, normalized_tags.height)
     per_depth = nodes.group_by("depth").agg(pl.len().alias("nodes")).sort("depth")
     context.log.info(f"tree: {nodes.height} nodes over {len(labels)} leaves, depth {int(nodes['depth'].max() or 0)}")
     rows_on_tree = memberships["row_id"].n_unique()
@@ -81,7 +160,10 @@ def knowledge_tree(
             "nodes_per_depth": ui.md(per_depth),
             "tree": dg.MetadataValue.md(ui.tree_markdown(nodes)),
             "sunburst": ui.sunburst(nodes) if len(labels) else dg.MetadataValue.text("empty tree"),
-            "settings": dg.MetadataValue.json({**settings.__dict__, "named_by_llm": tree_namer.enabled, "embedder": embedder.version()}),
+            "quality": quality_table(quality),
+            "quality_plot": quality_plot(nodes, memberships),
+            **{f"quality/{k}": v for k, v in quality.items()},
+            "settings": dg.MetadataValue.json({**settings.__dict__, "named_by_llm": tree_namer.enabled, "clio_refined": tree_namer.enabled and tree_namer.refine, "embedder": embedder.version()}),
         },
     )
     yield dg.Output(

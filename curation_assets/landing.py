@@ -48,11 +48,24 @@ def digest_of_partition(partition: str) -> str:
     return partition.rsplit("@", 1)[-1]
 
 
+def inside(path: Path, folder: Path) -> bool:
+    """Whether `path`, symlinks followed, lies inside `folder`."""
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def files_inside(folder: Path) -> list[Path]:
+    """Files under `folder`, never one that a symlink takes out of it (a link to /etc/passwd, or to
+    another user's data, is not part of the pool)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and inside(p, folder))
+
+
 def land_file(path: Path, landed_root: Path, relative_path: str, digest: str | None = None) -> LandedFile:
     """Copy `path` (and its sidecar) into `landed_root/<partition>/`, atomically."""
     digest = digest or version_digest(path)
     partition = partition_key_for(relative_path, digest)
     target = landed_root / partition
+    if partition.startswith(".") or not inside(target, landed_root):
+        raise ValueError(f"cannot land {relative_path!r}: its shard folder {target} would lie outside {landed_root}")
     if not (target / "landing.json").exists():
         tmp = landed_root / f".{partition}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -93,7 +106,8 @@ def scan_landing(
     """Land new file versions found under `landing`.
 
     `cursor` maps relative path -> {"stat": fingerprint, "digest": ...}; a file whose size and
-    modification time are unchanged is not read again. Files younger than `min_age_seconds` may
+    modification time are unchanged is not read again. Symlinks that lead out of `landing` are
+    not followed. Files younger than `min_age_seconds` may
     still be being written and wait for the next scan; so do files past the `max_bytes` budget.
     Returns the newly landed files and the updated cursor.
     """
@@ -103,7 +117,7 @@ def scan_landing(
     budget = max_bytes
     if not landing.is_dir():
         return landed, cursor
-    for path in sorted(p for p in landing.rglob("*") if p.is_file()):
+    for path in files_inside(landing):
         if not is_data_file(path):
             continue
         rel = path.relative_to(landing).as_posix()

@@ -7,8 +7,9 @@ from pydantic import Field
 from curation_assets import ui
 from curation_assets.automation import global_table
 from curation_assets.methods.tag_normalization import NormalizationSettings, normalize_tags
+from curation_assets.methods.tree import tree_leaves
 from curation_assets.rowwise import cached_encode
-from curation_assets.shards import all_shards, pool_rows, shard_frames
+from curation_assets.shards import all_shards, identity_counts, pool_rows, shard_frames, skipped_shards
 from resources.models import EmbedderResource
 from resources.storage import CurationStorage
 
@@ -26,10 +27,11 @@ class NormalizedTagsConfig(dg.Config):
     n_clusters: int = Field(50, description="K-means clusters over canonical tags (TACOS: 50).")
     embed_text: str = Field("surface", description="surface: embed each tag's commonest spelling; normalized: the stemmed key (TACOS).")
     seed: int = Field(0, description="K-means seed (TACOS leaves it unseeded).")
-    tree_min_rows: int = Field(2, description="TAGS tree leaves: keep tags used by at least this many rows, below alpha too (the long tail).")
+    tree_min_rows: int = Field(2, description="TAGS tree leaves: keep tags (leaf concepts) used by at least this many rows, below alpha too (the long tail).")
+    leaf_threshold: float | None = Field(0.9, description="TAGS leaf concepts: a tag joins a more used tag at cosine >= this (tags-tacos.md §2.3); null = one leaf per tag.")
 
     def settings(self) -> NormalizationSettings:
-        return NormalizationSettings(**self.model_dump())
+        return NormalizationSettings(**self.model_dump(exclude={"leaf_threshold"}))
 
 
 def _metadata(rows: pl.DataFrame, vocabulary: pl.DataFrame, settings: NormalizationSettings) -> tuple[dict, dict]:
@@ -56,6 +58,7 @@ def _metadata(rows: pl.DataFrame, vocabulary: pl.DataFrame, settings: Normalizat
         "top_canonical_tags": ui.md(top.rename({"canonical_tags": "tag", "len": "rows"})),
         "cluster_sizes": ui.md(cluster_table.head(50)),
         "settings": dg.MetadataValue.json(settings.__dict__),
+        "tree_leaves": rows["tree_tags"].explode().drop_nulls().n_unique(),
     }
     if top.height:
         row_meta["tag_frequency"] = ui.bar_chart(top["canonical_tags"].to_list(), top["len"].to_list(), "Most used canonical tags", "rows")
@@ -73,7 +76,7 @@ def _metadata(rows: pl.DataFrame, vocabulary: pl.DataFrame, settings: Normalizat
 @dg.multi_asset(
     outs={
         "normalized_tags": global_table("Per row: canonical tags, TACOS clusters, label-set representative, TAGS tree tags."),
-        "tag_vocabulary": global_table("Per raw tag: normalized form, canonical tag, cluster, tree leaf, counts, drop reason."),
+        "tag_vocabulary": global_table("Per raw tag: normalized form, canonical tag, cluster, tree tag, its leaf concept (tree_leaf), counts, drop reason."),
     },
     deps=all_shards("open_tags", "raw_pool"),
     group_name="tags",
@@ -85,7 +88,8 @@ def normalized_tags(
     embedder: EmbedderResource,
     storage: CurationStorage,
 ):
-    pool = pool_rows(shard_frames(context, storage, "raw_pool")).select("row_id", "response_chars", pl.int_range(pl.len()).alias("pool_order"))
+    stored = shard_frames(context, storage, "raw_pool")
+    pool = pool_rows(stored).select("row_id", "response_chars", pl.int_range(pl.len()).alias("pool_order"))
     tags = shard_frames(context, storage, "open_tags")
     if tags is None:
         tags = pl.LazyFrame(schema={"row_id": pl.String, "status": pl.String, "tags": pl.List(pl.Struct({"tag": pl.String, "explanation": pl.String}))})
@@ -93,8 +97,25 @@ def normalized_tags(
     rows = pool.join(tagged, on="row_id", how="left").with_columns(pl.col("raw_tags").fill_null([])).sort("pool_order").collect()
     settings = config.settings()
     cache = storage.row_cache("embeddings", embedder.version())
-    out, vocabulary = normalize_tags(rows, lambda texts: cached_encode(texts, embedder.encode, cache), settings)
+    encode = lambda texts: cached_encode(texts, embedder.encode, cache)  # noqa: E731
+    out, vocabulary = normalize_tags(rows, encode, settings)
+    if config.leaf_threshold is None:
+        vocabulary = vocabulary.with_columns(pl.col("tree_tag").alias("tree_leaf"))
+    else:
+        leaves, vocabulary = tree_leaves(rows, vocabulary, encode, config.leaf_threshold, settings.tree_min_rows)
+        out = out.drop("tree_tags").join(leaves, on="row_id", how="left", maintain_order="left")
     row_meta, vocab_meta = _metadata(out, vocabulary, settings)
+    row_meta.update(identity_counts(stored))  # cross-file duplicates are decided here (shards.py)
+    row_meta["skipped_shards"] = dg.MetadataValue.json(skipped_shards(context))
+    if vocabulary.height and vocabulary["canonical_tag"].null_count() == vocabulary.height:
+        # Not a failure: the tree still gets its long-tail leaves (tree_min_rows); TACOS clusters do not.
+        most = int(vocabulary["count"].max() or 0)
+        warning = (
+            f"the frequency filter (alpha {settings.alpha}) dropped every tag: the most used tag is on {most} rows. "
+            f"No canonical tags or clusters; lower normalized_tags.alpha in the project config for a pool of {out.height} rows."
+        )
+        context.log.warning(warning)
+        row_meta["warning"] = dg.MetadataValue.text(warning)
     context.log.info(f"{out.height} rows, {row_meta['vocabulary']}")
     yield dg.Output(out, "normalized_tags", metadata=row_meta)
     yield dg.Output(vocabulary, "tag_vocabulary", metadata=vocab_meta)

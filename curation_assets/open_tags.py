@@ -17,6 +17,7 @@ TAG_TYPE = pl.List(pl.Struct({"tag": pl.String, "explanation": pl.String}))
 
 class OpenTagsConfig(dg.Config):
     chunk_rows: int = Field(256, description="Rows tagged (and cached) per chunk.")
+    sample_rows: int | None = Field(None, description="Tag at most this many rows per shard (lowest row_id first), e.g. for a slow local LLM; the others are kept with status 'skipped'.")
 
 
 def tag_rows(rows: pl.DataFrame, tagger: TaggerResource) -> pl.DataFrame:
@@ -39,13 +40,14 @@ def tag_rows(rows: pl.DataFrame, tagger: TaggerResource) -> pl.DataFrame:
 def _metadata(tags: pl.DataFrame, stats, tagger: TaggerResource) -> dict:
     exploded = tags.filter(pl.col("status") == "ok").select(pl.col("tags").list.eval(pl.element().struct.field("tag"))).explode("tags")
     top = exploded.group_by("tags").len().sort(["len", "tags"], descending=[True, False]).head(20)
-    failed = tags.filter(pl.col("status") != "ok")
+    failed = tags.filter(pl.col("status") == "failed")
     reasons = failed.group_by("error").len().sort("len", descending=True).head(10)
     per_row = tags.select(pl.col("tags").list.len().fill_null(0))["tags"]
     meta = {
         "dagster/row_count": tags.height,
         **stats.metadata(),
         "failed_rows": failed.height,
+        "skipped_rows": int((tags["status"] == "skipped").sum()),
         "failed_by_reason": ui.md(reasons.rename({"error": "reason", "len": "rows"})),
         "top_tags": ui.md(top.rename({"tags": "tag", "len": "rows"})),
         "tags_per_row": float(per_row.mean() or 0),
@@ -69,6 +71,10 @@ def open_tags(
     context: dg.AssetExecutionContext, config: OpenTagsConfig, raw_pool: pl.LazyFrame, tagger: TaggerResource, storage: CurationStorage
 ) -> dg.MaterializeResult:
     rows = raw_pool.filter(pl.col("duplicate_of").is_null()).select("row_id", "instruction", "input").collect()
+    skipped = rows.head(0)
+    if config.sample_rows is not None and rows.height > config.sample_rows:
+        order = rows.sort("row_id")
+        rows, skipped = order.head(config.sample_rows), order.tail(rows.height - config.sample_rows)
     cache = storage.row_cache("open_tags", tagger.version(), context.log.warning)
     tags, stats = compute_missing(
         rows,
@@ -78,4 +84,8 @@ def open_tags(
         keep=lambda result: result["status"] == "ok",
         log=context.log.info,
     )
+    if skipped.height:
+        context.log.info(f"{skipped.height} rows outside the tagging sample (sample_rows={config.sample_rows})")
+        reason = f"outside the tagging sample (open_tags.sample_rows = {config.sample_rows})"
+        tags = pl.concat([tags, skipped.select("row_id", pl.lit(None, TAG_TYPE).alias("tags"), pl.lit("skipped").alias("status"), pl.lit(reason).alias("error"), pl.lit(0, pl.Int32).alias("attempts"), pl.lit(tagger.version()).alias("tagger_version"))], how="diagonal_relaxed")
     return dg.MaterializeResult(value=tags, metadata=_metadata(tags, stats, tagger))

@@ -36,7 +36,7 @@ POOL_COLUMNS = {
     "input": "Alpaca input field; empty for other shapes.",
     "response": "Last assistant turn.",
     "n_turns": "Number of assistant turns.",
-    "duplicate_of": "partition#row of the first copy of this conversation; null for the canonical row.",
+    "duplicate_of": "partition#row of the first copy of this conversation in the same file; null for its first copy (copies across files are resolved by the global steps, in pool order).",
     "landed_at": "When the file was landed (UTC); pool order is (landed_at, partition, source_row).",
 }
 
@@ -67,7 +67,6 @@ def _pool_metadata(pool: pl.DataFrame | pl.LazyFrame, summary, source: str, opti
     stats = pool.select(
         pl.len().alias("rows"),
         pl.col("duplicate_of").is_not_null().sum().alias("duplicates"),
-        pl.col("duplicate_of").str.starts_with(pl.col("source_partition") + "#").sum().alias("dup_within"),
     ).collect().row(0, named=True)
     shapes = pool.group_by("shape").len().sort("len", descending=True).collect()
     lengths = pool.filter(pl.col("duplicate_of").is_null()).select("instruction_chars", "response_chars").collect()
@@ -83,8 +82,6 @@ def _pool_metadata(pool: pl.DataFrame | pl.LazyFrame, summary, source: str, opti
         "input_records": summary.input_records,
         "pool_rows": stats["rows"] - stats["duplicates"],
         "duplicates": stats["duplicates"],
-        "duplicates_within_file": stats["dup_within"],
-        "duplicates_of_earlier_files": stats["duplicates"] - stats["dup_within"],
         "quarantined": summary.quarantined,
         "rows_per_shape": ui.counts_md(dict(shapes.iter_rows()), "shape"),
         "preview": ui.md(preview, 60),
@@ -137,7 +134,9 @@ def raw_pool(context: dg.AssetExecutionContext, config: RawPoolConfig, storage: 
             summary = ingest_file(
                 data_path, options, partition=partition, source_file=manifest["source_path"], staging_dir=staging
             )
-            pool = finish_pool(_scan(summary.pool_parts, "pool"), _canonical(storage.scan_partitions("raw_pool", exclude=partition)))
+            # Duplicates within this file only: copies across files are decided by the global steps
+            # (curation_assets/shards.py), so this run never reads another shard's file.
+            pool = finish_pool(_scan(summary.pool_parts, "pool"))
             pool = pool.with_columns(pl.lit(manifest["landed_at"]).alias("landed_at"))
             staged = staging / "pool.parquet"
             pool.sink_parquet(staged, row_group_size=ROW_GROUP_ROWS)
@@ -161,10 +160,6 @@ def _scan(parts, kind: str) -> pl.LazyFrame:
         return pl.scan_parquet([str(p) for p in parts])
     schema = POOL_SCHEMA if kind == "pool" else QUARANTINE_SCHEMA
     return pl.from_arrow(schema.empty_table()).lazy()
-
-
-def _canonical(earlier: pl.LazyFrame | None) -> pl.LazyFrame | None:
-    return None if earlier is None else earlier.filter(pl.col("duplicate_of").is_null())
 
 
 @dg.asset_check(
@@ -210,7 +205,7 @@ class LandingSensorConfig(dg.ConfigurableResource):
 
 @dg.sensor(
     name="landing_sensor",
-    target=[raw_pool],
+    target=dg.AssetSelection.assets("raw_pool", "raw_pool_quarantine"),  # by key: definitions.py sets raw_pool's config defaults
     minimum_interval_seconds=int(os.environ.get("CURATION_LANDING_INTERVAL", "30")),
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Lands each new file version in the landing folder as a pool shard and ingests it.",

@@ -15,11 +15,11 @@ from curation_assets.method_config import strategy_config_class
 from curation_assets.methods.explain import budget_rule, explain
 from curation_assets.methods.export import export_subset
 from curation_assets.methods.plugin import Budget, Candidates, Strategy, version_hash
-from curation_assets.methods.registry import SCORE_METHODS, STRATEGIES, offered_scores
+from curation_assets.methods.registry import STRATEGIES, offered_scores
 from curation_assets.methods.selection import instag_metrics, resolve_budget
 from curation_assets.methods.tree import ancestors
 from curation_assets.rowwise import cached_encode
-from curation_assets.shards import all_shards, pool_rows, shard_frames
+from curation_assets.shards import all_shards, load_candidates, shard_frames, skipped_shards
 from resources.models import EmbedderResource
 from resources.scorer import CausalLMScorerResource
 from resources.storage import CurationStorage
@@ -80,25 +80,6 @@ def code_version(config: dict | None = None, strategies: dict[str, Strategy] | N
     return version_hash(strategy.settings_key(strategy_settings(strategy, cfg)), cfg.budget, cfg.neighbours)
 
 
-def load_candidates(context, storage: CurationStorage, normalized_tags: pl.DataFrame, comparisons: pl.DataFrame, strategy: Strategy) -> pl.DataFrame:
-    """Canonical rows in pool order with their scores, canonical tags, clusters and mean comparative score."""
-    pool = pool_rows(shard_frames(context, storage, "raw_pool")).select(
-        "row_id", "instruction", "input", "response", "messages", "system_prompt", "source_partition", "source_file", "source_row", "shape"
-    ).collect()
-    scores = shard_frames(context, storage, "instance_scores")
-    if scores is not None:
-        # Per-token columns are large: only the strategies that read them load them.
-        heavy = [c for m in SCORE_METHODS.values() for c in m.heavy if c not in strategy.reads]
-        scores = scores.select(pl.exclude(heavy)).unique("row_id", keep="first")
-        pool = pool.join(scores.collect(), on="row_id", how="left", maintain_order="left")
-    if normalized_tags is not None and not normalized_tags.is_empty():
-        pool = pool.join(normalized_tags.select("row_id", "canonical_tags", "clusters", "labelset_representative"), on="row_id", how="left", maintain_order="left")
-    if comparisons is not None and not comparisons.is_empty():
-        mean = comparisons.drop_nulls("score").group_by("row_id").agg(pl.col("score").mean().alias("comparative_score"))
-        pool = pool.join(mean, on="row_id", how="left", maintain_order="left")
-    return pool
-
-
 def build_asset(config: dict | None = None, strategies: dict[str, Strategy] | None = None) -> dg.AssetsDefinition:
     """The selected_subset multi-asset over `strategies` (default: the registry as it is now), its
     code version computed from `config` (the project's run config for selected_subset)."""
@@ -151,7 +132,7 @@ def build_asset(config: dict | None = None, strategies: dict[str, Strategy] | No
             .select("row_id", "rank", "system_prompt", "messages", "instruction", "input", "response", "source_file", "source_row", "source_partition")
             .with_columns(pl.lit(strategy.name).alias("strategy"))
         )
-        yield dg.Output(subset, "selected_subset", metadata={**_subset_metadata(subset, reasons, candidates, config, strategy, rule), **picked.summary})
+        yield dg.Output(subset, "selected_subset", metadata={**_subset_metadata(subset, reasons, candidates, config, strategy, rule), **picked.summary, "skipped_shards": dg.MetadataValue.json(skipped_shards(context))})
         yield dg.Output(reasons, "selection_reasons", metadata=_reasons_metadata(reasons))
 
     return selected_subset

@@ -6,7 +6,8 @@ import textwrap
 import orjson
 import polars as pl
 
-from resources.storage import CurationStorage
+from curation_assets.shards import with_first_copy
+from resources.storage import CurationStorage, check_parquet
 
 
 def _one(frame: pl.LazyFrame | None, row_id: str) -> dict | None:
@@ -18,7 +19,10 @@ def _one(frame: pl.LazyFrame | None, row_id: str) -> dict | None:
 
 def _table(storage: CurationStorage, asset: str) -> pl.LazyFrame | None:
     path = storage.asset_file(asset)
-    return pl.scan_parquet(path) if path.exists() else None
+    if not path.exists():
+        return None
+    check_parquet(path)
+    return pl.scan_parquet(path)
 
 
 def resolve_row_id(storage: CurationStorage, key: str) -> str:
@@ -41,14 +45,15 @@ def resolve_row_id(storage: CurationStorage, key: str) -> str:
 def story(storage: CurationStorage, key: str, width: int = 100) -> str:
     row_id = resolve_row_id(storage, key)
     pool = storage.scan_partitions("raw_pool")
-    copies = pool.filter(pl.col("row_id") == row_id).sort("duplicate_of", nulls_last=False).collect()
+    # The canonical copy is the first in pool order (shards.py), whichever shard ran first.
+    copies = with_first_copy(pool.filter(pl.col("row_id") == row_id)).collect()
     first = copies.row(0, named=True)
     cut = lambda text, n=width * 3: textwrap.shorten(" ".join(str(text or "").split()), n, placeholder=" …")  # noqa: E731
     lines = [f"row {row_id}", "", "SOURCE"]
     lines.append(f"  {first['source_file']}, record {first['source_row']} (shard {first['source_partition']}, {first['source_format']}, {first['shape']})")
     for copy in copies.iter_rows(named=True):
-        if copy["duplicate_of"]:
-            lines.append(f"  duplicate copy: {copy['source_file']}, record {copy['source_row']} -> first copy {copy['duplicate_of']}")
+        if copy["first_copy"]:
+            lines.append(f"  duplicate copy: {copy['source_file']}, record {copy['source_row']} -> first copy {copy['first_copy']}")
     if first["system_prompt"]:
         lines.append(f"  system: {cut(first['system_prompt'])}")
     lines.append(f"  instruction: {cut(first['instruction'])}")

@@ -10,7 +10,6 @@ error, never silently dropped.
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from pydantic import Field
 
 from curation_assets.methods.chat import Messages, ParseError  # noqa: F401  (re-exported for the clients)
 from curation_assets.methods.plugin import version_hash  # noqa: F401
-from resources.models import ModelNotAvailableError, pick_device, resolve_model_path
+from resources.models import load_causal_lm
 
 
 
@@ -45,7 +44,7 @@ class ChatModelResource(dg.ConfigurableResource):
     """Settings shared by every chat-model resource (tagger, judge, tree namer)."""
 
     backend: Literal["openai", "transformers"] = Field("openai", description="openai: any OpenAI-compatible endpoint; transformers: a local model.")
-    model: str = Field("gpt-4o-mini", description="Model name at the endpoint, or HF id / folder for transformers.")
+    model: str = Field("gpt-4o-mini", description="Model name at the endpoint; for transformers a HF id, folder, .gguf file or package:MODULE/FILE.gguf.")
     base_url: str = Field("https://api.openai.com/v1", description="Endpoint root, e.g. http://localhost:8000/v1 for vLLM or SGLang.")
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key (never logged).")
     temperature: float = 0.0
@@ -195,19 +194,15 @@ async def _openai_generate(cfg: ChatModelResource, conversations: list[Messages]
 # --------------------------------------------------------------------------- local transformers
 
 
-@functools.lru_cache(maxsize=2)
-def load_causal_lm(name: str, device: str, dtype: str):
+def _left_padded(tokenizer, prompts: list[str], pad_id: int, add_special_tokens: bool) -> dict:
+    """input_ids and attention_mask, padded on the left (generation continues every row at the end)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = resolve_model_path(name)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        torch_dtype = getattr(torch, dtype) if dtype not in ("auto", None) else "auto"
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(pick_device(device)).eval()
-    except OSError as exc:
-        raise ModelNotAvailableError(f"cannot load causal LM {name!r} from {path}: {exc}") from exc
-    return tokenizer, model
+    ids = tokenizer(prompts, add_special_tokens=add_special_tokens)["input_ids"]
+    width = max(len(x) for x in ids)
+    input_ids = torch.tensor([[pad_id] * (width - len(x)) + x for x in ids])
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+    return {"input_ids": input_ids, "attention_mask": mask}
 
 
 def render_chat(tokenizer, messages: Messages, add_generation_prompt: bool = True) -> str:
@@ -222,13 +217,14 @@ def _transformers_generate(cfg: ChatModelResource, conversations: list[Messages]
     import torch
 
     tokenizer, model = load_causal_lm(cfg.model, cfg.device, cfg.dtype)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    # The tokenizer may be shared with a scorer of the same model: pad per call, never mutate it.
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if cfg.seed is not None:
         torch.manual_seed(cfg.seed)
     results: list[Completion | None] = [None] * len(conversations)
-    pending = list(range(len(conversations)))
+    prompts_all = [render_chat(tokenizer, m) for m in conversations]
+    # Longest first, so that each batch holds prompts of similar length (little padding).
+    pending = sorted(range(len(conversations)), key=lambda i: -len(prompts_all[i]))
     for attempt in range(cfg.max_retries + 1):
         if not pending:
             break
@@ -237,8 +233,7 @@ def _transformers_generate(cfg: ChatModelResource, conversations: list[Messages]
         failed = []
         for start in range(0, len(pending), cfg.batch_size):
             batch = pending[start : start + cfg.batch_size]
-            prompts = [render_chat(tokenizer, conversations[i]) for i in batch]
-            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=not getattr(tokenizer, "chat_template", None))
+            enc = _left_padded(tokenizer, [prompts_all[i] for i in batch], pad_id, add_special_tokens=not getattr(tokenizer, "chat_template", None))
             enc = {k: v.to(model.device) for k, v in enc.items()}
             with torch.inference_mode():
                 out = model.generate(
@@ -247,7 +242,7 @@ def _transformers_generate(cfg: ChatModelResource, conversations: list[Messages]
                     do_sample=sample,
                     temperature=(cfg.temperature if cfg.temperature > 0 else 0.7) if sample else None,
                     top_p=cfg.top_p if sample else None,
-                    pad_token_id=tokenizer.pad_token_id,
+                    pad_token_id=pad_id,
                 )
             texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             for i, text in zip(batch, texts):

@@ -13,9 +13,68 @@ from pathlib import Path
 import dagster as dg
 import orjson
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+from dagster_polars import PolarsParquetIOManager
 from pydantic import Field
 
 from resources.row_cache import RowCache
+from curation_assets.methods.fileio import temporary_name
+
+
+class CorruptIntermediateError(RuntimeError):
+    """A stored asset file that cannot be read (truncated, or not Parquet): names it and its repair."""
+
+    def __init__(self, path: Path, cause: BaseException | str):
+        path = Path(path)
+        # <home>/assets/<asset>.parquet or <home>/assets/<asset>/<partition>.parquet
+        home, what = (path.parents[2], f"{path.parent.name} partition {path.stem}") if path.parent.parent.name == "assets" else (path.parents[1], path.stem)
+        super().__init__(
+            f"{path} is unreadable ({cause}): the stored {what} is truncated or corrupt. "
+            f"Repair it with `curate run --home {home}` (it re-materializes every shard whose outputs are "
+            f"missing or unreadable, then the global assets), or re-materialize {what} in the UI."
+        )
+        self.path = path
+
+
+def check_parquet(path: str | Path) -> None:
+    """Raise CorruptIntermediateError unless `path` ends in a readable Parquet footer.
+
+    Reads the footer only (a few KB): what a truncated or half-written file lacks."""
+    try:
+        pq.read_metadata(str(path))
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise CorruptIntermediateError(Path(path), exc) from exc
+
+
+def readable_parquet(path: str | Path) -> bool:
+    try:
+        check_parquet(path)
+    except CorruptIntermediateError:
+        return False
+    return True
+
+
+class AtomicParquetIOManager(PolarsParquetIOManager):
+    """dagster-polars' Parquet IO manager (zstd, lazy or eager by annotation), made safe for
+    concurrent runs: each file is written under a hidden temporary name and renamed into place, so
+    a reader (another partition's run, a global step) sees the old file or the new one, never a
+    part; and each file's footer is checked before it is read, so a truncated file fails with its
+    path and the command that repairs it."""
+
+    def dump_to_path(self, context: dg.OutputContext, obj, path) -> None:
+        tmp = temporary_name(Path(str(path)))
+        try:
+            super().dump_to_path(context, obj, path.with_name(tmp.name))
+            if tmp.exists():  # nothing is written for a None output
+                os.replace(tmp, str(path))
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def load_from_path(self, context: dg.InputContext, path):
+        if Path(str(path)).exists():
+            check_parquet(str(path))
+        return super().load_from_path(context, path)
 
 
 def default_home() -> str:
@@ -74,10 +133,13 @@ class CurationStorage(dg.ConfigurableResource):
 
     def scan_partitions(self, asset: str, only: Iterable[str] | None = None, exclude: str | None = None) -> pl.LazyFrame | None:
         """All stored partitions of `asset` (or those in `only`) as one lazy frame; files written by
-        older code versions may lack newer columns, which come back null."""
+        older code versions may lack newer columns, which come back null. An unreadable file raises
+        CorruptIntermediateError (its path and the repair command), before anything is read."""
         files = self.partition_files(asset, only=only, exclude=exclude)
         if not files:
             return None
+        for f in files:
+            check_parquet(f)
         return pl.concat([pl.scan_parquet(str(f)) for f in files], how="diagonal_relaxed")
 
     def landed_manifest(self, partition: str) -> dict:

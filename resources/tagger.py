@@ -24,12 +24,14 @@ class TaggerResource(ChatModelResource):
     parser: Literal["robust", "reference"] = Field("robust", description="LLM answers: robust (validated, tags stripped; see parse_tags) or reference (TACOS's fenced-or-plain JSON split, tags verbatim).")
     embedder_model: str = Field(PACKAGED_EMBEDDER, description="keyphrase backend: sentence-transformers model.")
     top_n: int = Field(5, description="keyphrase backend: tags per instruction.")
+    min_ngram: int = Field(1, description="keyphrase backend: shortest keyphrase in words.")
     max_ngram: int = Field(2, description="keyphrase backend: longest keyphrase in words.")
     diversity: float = Field(0.5, description="keyphrase backend: MMR diversity, 0 = pure similarity.")
+    min_df: int = Field(1, description="keyphrase backend: keep keyphrases found in at least this many texts of a batch (a shard's chunk).")
 
     def version(self) -> str:
         if self.backend == "keyphrase":
-            key = {"backend": "keyphrase", "embedder": self.embedder_model, "top_n": self.top_n, "max_ngram": self.max_ngram, "diversity": self.diversity}
+            key = {"backend": "keyphrase", "method": "keybert", "embedder": self.embedder_model, "top_n": self.top_n, "ngrams": [self.min_ngram, self.max_ngram], "diversity": self.diversity, "min_df": self.min_df}
         else:
             key = {**self.generation_key(), "prompt": self.prompt_style, "prompt_text": PROMPTS[self.prompt_style]}
             if self.parser != "robust":  # robust answers cached before the setting existed stay valid
@@ -42,7 +44,7 @@ class TaggerResource(ChatModelResource):
     def tag(self, texts: list[str]) -> list[Completion]:
         if self.backend == "keyphrase":
             embedder = EmbedderResource(model=self.embedder_model, device=self.device)
-            tags = keyphrase_tags(texts, embedder.encode, top_n=self.top_n, ngram_range=(1, self.max_ngram), diversity=self.diversity)
+            tags = keyphrase_tags(texts, embedder.encode, top_n=self.top_n, ngram_range=(self.min_ngram, self.max_ngram), diversity=self.diversity, min_df=self.min_df)
             return [Completion(True, value=t, attempts=1) if t else Completion(False, error="no keyphrase found", attempts=1) for t in tags]
         parse = parse_tags_reference if self.parser == "reference" else parse_tags
         return self.generate([tagging_messages(t, self.prompt_style) for t in texts], parse)

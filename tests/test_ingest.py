@@ -227,9 +227,6 @@ def test_target_prompts_without_responses(tmp_path):
     assert summary.pool_rows == 0 and set(quarantine["reason"]) == {"no_assistant_turn", "missing_field"}
 
 
-def test_mark_duplicates_within_and_across_shards():
-    earlier = pl.LazyFrame({"row_id": ["a", "z"], "source_partition": ["old", "old"], "source_row": [5, 6]})
+def test_mark_duplicates_within_the_file():
     pool = pl.LazyFrame({"row_id": ["b", "a", "b", "c"], "source_partition": ["new"] * 4, "source_row": [1, 2, 3, 4]})
-    out = mark_duplicates(pool, earlier).collect()
-    assert out["duplicate_of"].to_list() == [None, "old#5", "new#1", None]
     assert mark_duplicates(pool).collect()["duplicate_of"].to_list() == [None, None, "new#1", None]

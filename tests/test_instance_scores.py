@@ -83,7 +83,8 @@ def test_asset_scores_incrementally_and_per_method_version(tmp_path, resources, 
     # A second shard with two rows of the first: only its new row is scored.
     b = ingested_shard(tmp_path, resources, instance, "b.jsonl", rows[:2] + [{"instruction": "Name a color.", "output": "Teal."}])
     meta_b = score(resources, instance, b, config)
-    assert "| ifd | 0 | 1 |" in meta_b["cache"].value and "| tshirt | 0 | 1 |" in meta_b["cache"].value
+    # Its copies of shard a's rows are canonical within b (shards.py decides across files): reused from the cache.
+    assert "| ifd | 2 | 1 |" in meta_b["cache"].value and "| tshirt | 2 | 1 |" in meta_b["cache"].value
 
     # Changing T-SHIRT's settings re-scores T-SHIRT only.
     meta = score(resources, instance, a, {**config, "tshirt_copies": 3})

@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = sorted(p for p in (ROOT / "curation_assets" / "methods").glob("*.py") if p.name != "__init__.py")
-ASSET_MODULES = {"raw_pool", "open_tags", "normalized_tags", "knowledge_tree", "instance_scores", "selected_subset"}
+ASSET_MODULES = {"raw_pool", "open_tags", "normalized_tags", "knowledge_tree", "instance_scores", "selected_subset", "subset_training"}
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -48,17 +48,20 @@ def test_materialize_writes_pool_quarantine_and_metadata(tmp_path, resources, in
     assert check.passed and check.metadata["input_records"].value == 22 and check.metadata["unaccounted"].value == 0
 
 
-def test_duplicates_across_shards_and_rematerialization(tmp_path, resources, instance):
+def test_duplicates_across_shards_follow_pool_order_not_run_order(tmp_path, resources, instance):
+    from curation_assets.shards import pool_rows, with_first_copy
+
     first = land(resources, write_jsonl(tmp_path / "a.jsonl", [{"prompt": "p1", "completion": "c1"}, {"prompt": "p2", "completion": "c2"}]))
     second = land(resources, write_jsonl(tmp_path / "b.jsonl", [{"conversations": [{"from": "human", "value": "p2"}, {"from": "gpt", "value": "c2"}]}, {"prompt": "p3", "completion": "c3"}]))
-    assert materialize(resources, instance, first).success
-    assert materialize(resources, instance, second).success
     storage = resources["storage"]
-    b = pl.read_parquet(storage.asset_file("raw_pool", second))
-    assert b["duplicate_of"].to_list() == [f"{first}#2", None]
-    # Re-materializing the first shard does not turn its rows into duplicates of the second.
+    # The later-landed shard runs first: raw_pool flags within its file only, so nothing depends on the order.
+    assert materialize(resources, instance, second).success
     assert materialize(resources, instance, first).success
-    assert pl.read_parquet(storage.asset_file("raw_pool", first))["duplicate_of"].null_count() == 2
+    assert pl.read_parquet(storage.asset_file("raw_pool", second))["duplicate_of"].null_count() == 2
+    pool = storage.scan_partitions("raw_pool")
+    copies = with_first_copy(pool).filter(pl.col("first_copy").is_not_null()).collect()
+    assert copies.select("source_partition", "first_copy").rows() == [(second, f"{first}#2")]
+    assert pool_rows(pool).collect()["source_partition"].to_list() == [first, first, second]
 
 
 def test_unreadable_file_fails_only_its_partition(tmp_path, resources, instance):
@@ -86,7 +89,7 @@ def test_reconcile_check_catches_lost_or_doubled_rows(tmp_path, resources, insta
     import curation_assets.raw_pool as module
 
     real = module.finish_pool
-    monkeypatch.setattr(module, "finish_pool", lambda pool, earlier=None: bug(real(pool, earlier)))
+    monkeypatch.setattr(module, "finish_pool", lambda pool: bug(real(pool)))
     key = land(resources, write_jsonl(tmp_path / "s.jsonl", [{"prompt": f"p{i}", "completion": "c"} for i in range(5)]))
     result = materialize(resources, instance, key)
     [check] = result.get_asset_check_evaluations()

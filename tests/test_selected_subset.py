@@ -6,6 +6,8 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
+
+from curation_assets.shards import pool_rows
 import pytest
 
 from curation_assets import cli
@@ -25,7 +27,7 @@ SELECTION_KEYS = [dg.AssetKey("selected_subset"), dg.AssetKey("selection_reasons
 @pytest.fixture(scope="module")
 def graph(tmp_path_factory):
     """The demo pool through the whole graph once (T-SHIRT with 4 neighbours to keep it quick)."""
-    config = RunConfig.load(DEMO / "config.yaml")
+    config = RunConfig.load(ROOT / "curation.yaml")
     config.home = str(tmp_path_factory.mktemp("graph") / "home")
     config.assets["instance_scores"]["tshirt_copies"] = 4
     with dg.instance_for_test() as instance:
@@ -52,19 +54,23 @@ def tables(graph):
 
 def test_demo_selection_is_explained_row_by_row(graph):
     subset, reasons = tables(graph)
-    pool = pl.read_parquet(graph[2] / "assets" / "raw_pool" / "*.parquet").filter(pl.col("duplicate_of").is_null())
+    pool = pool_rows(pl.scan_parquet(graph[2] / "assets" / "raw_pool" / "*.parquet")).collect()  # canonical rows (shards.py)
     assert reasons.height == pool.height and reasons["row_id"].is_unique().all()
     assert subset.height == int(0.1 * pool.height) and subset["rank"].to_list() == list(range(1, subset.height + 1))
     chosen = reasons.filter(pl.col("selected")).sort("rank")
     assert chosen["row_id"].to_list() == subset["row_id"].to_list()
     assert chosen["kl_contribution"].null_count() == 0  # the demo aligns to its target prompts
     assert all(r.startswith("selected: rank") for r in chosen["reason"])
-    assert reasons.filter(~pl.col("selected"))["reason"].str.starts_with("budget reached").all()
+    why_not = reasons.filter(~pl.col("selected"))["reason"]
+    assert (why_not.str.starts_with("budget reached") | why_not.str.starts_with("no tree leaf")).all()
+    assert why_not.str.starts_with("budget reached").any()
     assert chosen["nearest_similarity"][0] is None and chosen["nearest_similarity"][1:].null_count() == 0
     scores = reasons.explode("scores").unnest("scores").drop_nulls("name")
     assert set(scores["name"]) >= {"ifd_ppl", "avg_noisy_ifd", "ifd_loss", "iterit_ifd", "deita_score"}
     assert scores["percentile"].is_between(0, 100).all()
-    assert reasons["tree_path"].null_count() == 0
+    # Rows off the tree (no tag kept at the demo's min_df) are exactly those with no tree path.
+    off_tree = reasons["reason"].str.starts_with("no tree leaf")
+    assert (reasons["tree_path"].is_null() == off_tree).all() and chosen["tree_path"].null_count() == 0
 
 
 def test_checks_pass_and_metadata_shows_coverage(graph):
@@ -210,7 +216,8 @@ def test_export_and_why(graph, capsys):
     assert messages[0]["messages"][-1]["role"] == "assistant" and messages[0]["id"] == subset["row_id"][0]
     assert pl.read_parquet(home / "out" / "subset.parquet").height == subset.height
 
-    chosen = subset.row(0, named=True)
+    on_tree = reasons.filter(pl.col("selected") & pl.col("tree_path").is_not_null())["row_id"]
+    chosen = subset.filter(pl.col("row_id").is_in(on_tree.implode())).row(0, named=True)
     assert cli.main(["why", chosen["row_id"][:10], "--home", str(home)]) == 0
     story = capsys.readouterr().out
     assert f"{chosen['source_file']}, record {chosen['source_row']}" in story

@@ -221,3 +221,13 @@ def test_transformers_tagger_marks_unparseable_rows_failed():
     results = tagger.tag(["Write a poem.", "Add 2 and 3.", "Name a planet."])
     assert [r.ok for r in results] == [False] * 3
     assert all(r.error.startswith("unparseable answer") and r.attempts == 2 for r in results)
+
+
+def test_keybert_keyphrases_known_answers():
+    texts = ["Sort a python list of numbers.", "Merge two python dictionaries.", "Bake sourdough bread at home.", "Please explain."]
+    encode = EmbedderResource().encode
+    shared = keyphrase_tags(texts, encode, top_n=2, ngram_range=(1, 1), min_df=2)
+    # min_df=2: only n-grams found in two instructions are candidates; "explain" is an instruction word.
+    assert [[t["tag"] for t in tags] for tags in shared] == [["python"], ["python"], [], []]
+    one = keyphrase_tags(["Sourdough bread baking at home"], encode, top_n=1, ngram_range=(1, 2), diversity=0.0)
+    assert len(one) == 1 and len(one[0]) == 1 and "sourdough" in one[0][0]["tag"]

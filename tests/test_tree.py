@@ -11,6 +11,7 @@ from curation_assets.methods.tagging import keyphrase_tags
 from curation_assets.methods.tree import TreeSettings, ancestors, build_tree, ground_rows, ground_vectors
 from openai_stub import stub_server
 from resources.models import EmbedderResource
+from resources.storage import RowCache
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,11 @@ def test_tree_structure(real_tags):
     nodes = build_tree(labels, vectors, counts, TreeSettings(branching=5, top=20, seed=0))
     depth = int(nodes["depth"].max())
     leaves = nodes.filter(pl.col("is_leaf"))
-    assert leaves.height == len(labels) and set(leaves["depth"]) == {depth} and depth >= 3
+    assert leaves.height == len(labels) and depth >= 3
+    assert sorted(nodes["node_id"]) == list(range(nodes.height))  # contiguous ids (TreeIndex needs them)
+    # Single-child chains are collapsed: every internal node but the root has two or more children.
+    n_kids = nodes.drop_nulls("parent_id").group_by("parent_id").len()
+    assert n_kids.filter(pl.col("parent_id") != 0)["len"].min() >= 2
     assert nodes.filter(pl.col("depth") == 1).height <= 20
     root = nodes.filter(pl.col("node_id") == 0).row(0, named=True)
     assert root["parent_id"] is None and root["n_leaves"] == len(labels)
@@ -44,7 +49,9 @@ def test_tree_structure(real_tags):
     assert all(sorted(a) == sorted(b) for a, b in zip(joined["member_tags"], joined["member_tags_kids"]))
     assert np.allclose(np.linalg.norm(nodes["embedding"].to_numpy(), axis=1), 1.0, atol=1e-5)
     paths = ancestors(nodes)
-    assert all(len(paths[n]) == depth for n in leaves["node_id"])
+    assert all(len(paths[n]) == d for n, d in zip(leaves["node_id"], leaves["depth"]))
+    parent_depth = dict(zip(nodes["node_id"], nodes["depth"]))
+    assert all(parent_depth[p] == d - 1 for p, d in zip(nodes["parent_id"], nodes["depth"]) if p is not None)
 
 
 def test_same_seed_same_tree(real_tags):
@@ -72,7 +79,7 @@ def test_grounding_rows_and_unknown_tags(real_tags):
     assert ids[1] not in leaf_ids and ids[1] != 0
 
 
-def test_internal_nodes_named_by_the_chat_backend(real_tags):
+def test_internal_nodes_named_by_the_chat_backend(real_tags, tmp_path):
     _, labels, vectors, counts, _ = real_tags
     seen = []
 
@@ -83,9 +90,13 @@ def test_internal_nodes_named_by_the_chat_backend(real_tags):
 
     with stub_server(reply) as (stub, url):
         namer = TreeNamerResource(enabled=True, base_url=url, model="stub", backoff_s=0.01)
-        nodes = build_tree(labels, vectors, counts, TreeSettings(seed=0), namer.name)
+        cache = RowCache(tmp_path / "cache")
+        nodes = build_tree(labels, vectors, counts, TreeSettings(seed=0), lambda kids: namer.name(kids, cache))
+        calls = stub.calls
+        again = build_tree(labels, vectors, counts, TreeSettings(seed=0), lambda kids: namer.name(kids, cache))
     internal = nodes.filter(~pl.col("is_leaf") & (pl.col("node_id") != 0))
-    assert stub.calls == internal.height
+    assert 1 <= calls <= internal.height  # one call per distinct prompt
+    assert stub.calls == calls and again.equals(nodes)  # the second build reads every answer from the cache
     assert all(label.startswith("Topic ") for label in internal["label"])
     assert nodes.filter(pl.col("is_leaf"))["label"].to_list() == sorted(labels) or set(nodes.filter(pl.col("is_leaf"))["label"]) == set(labels)
     assert any("- " in p and "parent topic" in p for p in seen)

@@ -16,6 +16,8 @@ from pathlib import Path
 import orjson
 import polars as pl
 
+from curation_assets.methods.fileio import atomic_path
+
 FORMATS = {"alpaca": "alpaca.json", "sharegpt": "sharegpt.json", "openai": "openai_messages.jsonl", "parquet": "subset.parquet"}
 ROLE_TO_SHAREGPT = {"user": "human", "assistant": "gpt", "system": "system", "tool": "observation"}
 
@@ -70,12 +72,13 @@ def export_subset(subset: pl.DataFrame, folder: str | Path, formats: list[str] |
         if fmt not in FORMATS:
             raise ValueError(f"unknown export format {fmt!r}; choose from {sorted(FORMATS)}")
         path = folder / FORMATS[fmt]
-        if fmt == "parquet":
-            subset.write_parquet(path, compression="zstd")
-        elif fmt == "openai":
-            path.write_bytes(b"".join(orjson.dumps(openai_record(r)) + b"\n" for r in rows))
-        else:
-            build = alpaca_record if fmt == "alpaca" else sharegpt_record
-            path.write_bytes(orjson.dumps([build(r) for r in rows], option=orjson.OPT_INDENT_2))
+        with atomic_path(path) as tmp:  # a trainer reading the folder never sees half a file
+            if fmt == "parquet":
+                subset.write_parquet(tmp, compression="zstd")
+            elif fmt == "openai":
+                tmp.write_bytes(b"".join(orjson.dumps(openai_record(r)) + b"\n" for r in rows))
+            else:
+                build = alpaca_record if fmt == "alpaca" else sharegpt_record
+                tmp.write_bytes(orjson.dumps([build(r) for r in rows], option=orjson.OPT_INDENT_2))
         written[fmt] = path
     return written

@@ -817,9 +817,9 @@ def ingest_file(
 # --------------------------------------------------------------------------- identity across rows
 
 
-def finish_pool(pool: pl.LazyFrame, earlier: pl.LazyFrame | None = None) -> pl.LazyFrame:
-    """Add turn count, lengths and `duplicate_of` to the staged rows of one shard."""
-    duplicates = mark_duplicates(pool.select("row_id", "source_partition", "source_row"), earlier)
+def finish_pool(pool: pl.LazyFrame) -> pl.LazyFrame:
+    """Add turn count, lengths and `duplicate_of` (within the file) to the staged rows of one shard."""
+    duplicates = mark_duplicates(pool.select("row_id", "source_partition", "source_row"))
     duplicates = duplicates.filter(pl.col("duplicate_of").is_not_null()).select("source_row", "duplicate_of").collect()
     contents = pl.col("messages").list.eval(pl.element().struct.field("content").str.len_chars())
     return pool.with_columns(
@@ -831,23 +831,13 @@ def finish_pool(pool: pl.LazyFrame, earlier: pl.LazyFrame | None = None) -> pl.L
     ).join(duplicates.lazy(), on="source_row", how="left", maintain_order="left")
 
 
-def mark_duplicates(pool: pl.LazyFrame, earlier: pl.LazyFrame | None = None) -> pl.LazyFrame:
-    """Add `duplicate_of` = "<partition>#<row>" of the first copy of each conversation, else null.
-
-    `earlier` holds the canonical rows of shards ingested before this one: a row found there is a
-    duplicate even if it is the first copy inside this shard. Nothing is dropped here.
-    """
+def mark_duplicates(pool: pl.LazyFrame) -> pl.LazyFrame:
+    """Add `duplicate_of` = "<partition>#<row>" of the first copy of each conversation in this
+    shard, else null. Nothing is dropped here; copies across files are resolved in pool order by
+    the global steps (curation_assets/shards.py)."""
     first = pool.group_by("row_id").agg(pl.col("source_row").min().alias("_first_row"))
     out = pool.join(first, on="row_id", how="left", maintain_order="left")
     within = pl.when(pl.col("source_row") != pl.col("_first_row")).then(
         pl.col("source_partition") + "#" + pl.col("_first_row").cast(pl.String)
     )
-    if earlier is not None:
-        prior = (
-            earlier.select("row_id", (pl.col("source_partition") + "#" + pl.col("source_row").cast(pl.String)).alias("_prior"))
-            .group_by("row_id")
-            .agg(pl.col("_prior").min())
-        )
-        out = out.join(prior, on="row_id", how="left", maintain_order="left")
-        within = pl.coalesce(pl.col("_prior"), within)
-    return out.with_columns(within.alias("duplicate_of")).drop("_first_row", "_prior", strict=False)
+    return out.with_columns(within.alias("duplicate_of")).drop("_first_row")

@@ -79,6 +79,10 @@ class LoraSettings:
             raise ValueError(f"LoRA settings must be positive: {', '.join(bad)}")
         if not 0 <= self.dropout < 1 or not 0 <= self.warmup_ratio < 1:
             raise ValueError("dropout and warmup_ratio must lie in [0, 1)")
+        choices = {"schedule": ("linear", "cosine", "constant", "constant_with_warmup"), "format": ("tulu", "chat_template"), "dtype": ("auto", "float32", "bfloat16")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key} must be one of {', '.join(allowed)}, not {getattr(self, key)!r}")
         if self.batch_size % self.micro_batch_size:
             raise ValueError(f"batch_size {self.batch_size} is not a multiple of micro_batch_size {self.micro_batch_size}")
         if isinstance(self.target_modules, list):
@@ -378,7 +382,9 @@ def train_lora(
 @contextmanager
 def adapter_applied(model, adapter_dir: str | Path | None):
     """`model` with the adapter in `adapter_dir` attached (eval mode) inside the block, and without it
-    after; None yields the base model itself (the zero-shot baseline)."""
+    after; None yields the base model itself (the zero-shot baseline). PEFT injects the LoRA layers
+    into `model`'s own modules, so what is yielded is the plain transformers model (usable where a
+    PreTrainedModel is expected: lm-eval, the token-loss engine), adapter active."""
     if adapter_dir is None:
         yield model.eval()
         return
@@ -386,6 +392,6 @@ def adapter_applied(model, adapter_dir: str | Path | None):
 
     peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
     try:
-        yield peft_model.eval()
+        yield peft_model.get_base_model().eval()
     finally:
         peft_model.unload()

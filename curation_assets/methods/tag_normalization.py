@@ -235,6 +235,8 @@ def normalize_tags(
             pl.col("cluster").unique().sort().alias("clusters"),
             pl.col("cluster").sort_by("first_pos").unique(maintain_order=True).alias("clusters_in_tag_order"),
         )
+        # Typed even when alpha drops every tag (an empty frame would infer other dtypes).
+        .cast({"canonical_tags": pl.List(pl.String), "clusters": pl.List(pl.Int32), "clusters_in_tag_order": pl.List(pl.Int32)})
     )
     out = (
         rows.select("row_id", pl.col("raw_tags"), "response_chars", "pool_order")

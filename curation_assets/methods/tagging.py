@@ -5,8 +5,8 @@ Two prompt styles (research/tags-tacos.md):
   explanation, answered as a JSON list `[{"tag", "explanation"}]`. Only the instruction is shown.
 - "atomic": TAGS's fine-grained tagging (§2.2): the atomic knowledge concepts and skills a query
   needs, answered as `{"tags": [{"tag", "explanation"}]}`.
-The offline default ("keyphrase") needs no LLM: KeyBERT-style keyphrases of the instruction,
-chosen by embedding similarity with maximal-marginal-relevance diversity.
+The offline default ("keyphrase") needs no LLM: KeyBERT keyphrases of the instruction, chosen by
+embedding similarity with maximal-marginal-relevance diversity.
 """
 
 from __future__ import annotations
@@ -153,51 +153,37 @@ def keyphrase_tags(
     top_n: int = 5,
     ngram_range: tuple[int, int] = (1, 2),
     diversity: float = 0.5,
+    min_df: int = 1,
 ) -> list[list[dict[str, str]]]:
-    """KeyBERT-style tags: the n-grams of each text most similar to the text as a whole.
+    """KeyBERT keyphrases: the n-grams of each text most similar to the text as a whole.
 
-    Candidates are English n-grams without stop words; each text's candidates are ranked by cosine
-    similarity to the text's embedding and picked with maximal marginal relevance (`diversity`
-    trades similarity for novelty). Candidate embeddings are shared across the batch.
+    KeyBERT (PyPI `keybert`) ranks each text's candidate n-grams (`ngram_range` words, English stop
+    words and instruction verbs removed, symbols such as C++ kept) by cosine similarity to the
+    text's embedding and picks `top_n` with maximal marginal relevance (`diversity` trades
+    similarity for novelty). `min_df` > 1 keeps only n-grams found in that many texts of the batch,
+    so that tags are shared by rows rather than phrases of one instruction. `encode` gives L2-normalized embeddings (the packaged MiniLM).
     """
-    from sklearn.feature_extraction.text import CountVectorizer
+    from keybert import KeyBERT
+    from keybert.backend import BaseEmbedder
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, CountVectorizer
+
+    class Encoder(BaseEmbedder):
+        def embed(self, documents, verbose=False):
+            return encode([str(d) for d in documents])
 
     out: list[list[dict[str, str]]] = [[] for _ in texts]
-    docs = [t if t and t.strip() else "" for t in texts]
-    nonempty = [i for i, d in enumerate(docs) if re.search(_WORD, d)]
+    nonempty = [i for i, t in enumerate(texts) if t and re.search(_WORD, t)]
     if not nonempty:
         return out
-    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-
-    stop_words = sorted(ENGLISH_STOP_WORDS | INSTRUCTION_WORDS)
-    vectorizer = CountVectorizer(ngram_range=ngram_range, stop_words=stop_words, token_pattern=_WORD, lowercase=True)
+    docs = [texts[i] for i in nonempty]
+    vectorizer = CountVectorizer(ngram_range=ngram_range, stop_words=sorted(ENGLISH_STOP_WORDS | INSTRUCTION_WORDS), token_pattern=_WORD, lowercase=True, min_df=min_df)
     try:
-        counts = vectorizer.fit_transform([docs[i] for i in nonempty]).tocsr()
+        vectorizer.fit(docs)
     except ValueError:  # only stop words everywhere
         return out
-    vocab = vectorizer.get_feature_names_out()
-    used = np.unique(counts.indices)
-    emb = encode([str(vocab[j]) for j in used])
-    cand_vecs = np.zeros((len(vocab), emb.shape[1]), dtype=np.float32)
-    cand_vecs[used] = emb
-    doc_vecs = encode([docs[i] for i in nonempty])
-    for row, i in enumerate(nonempty):
-        cols = counts.indices[counts.indptr[row] : counts.indptr[row + 1]]
-        if cols.size == 0:
-            continue
-        vecs = cand_vecs[cols]
-        sims = vecs @ doc_vecs[row]
-        picked = _mmr(sims, vecs, min(top_n, cols.size), diversity)
-        out[i] = [{"tag": str(vocab[cols[j]]), "explanation": f"keyphrase of the instruction (similarity {sims[j]:.2f})"} for j in picked]
+    found = KeyBERT(model=Encoder()).extract_keywords(docs, vectorizer=vectorizer, top_n=top_n, use_mmr=diversity > 0, diversity=diversity)
+    if len(docs) == 1 and (not found or isinstance(found[0], tuple)):  # KeyBERT unwraps a single document
+        found = [found]
+    for i, keywords in zip(nonempty, found):
+        out[i] = [{"tag": phrase, "explanation": f"keyphrase of the instruction (similarity {score:.2f})"} for phrase, score in keywords]
     return out
-
-
-def _mmr(sims: np.ndarray, vecs: np.ndarray, k: int, diversity: float) -> list[int]:
-    """Maximal marginal relevance: (1 - diversity) * relevance - diversity * redundancy."""
-    chosen = [int(np.argmax(sims))]
-    pair = vecs @ vecs.T
-    while len(chosen) < k:
-        rest = np.setdiff1d(np.arange(len(sims)), chosen)
-        score = (1 - diversity) * sims[rest] - diversity * pair[np.ix_(rest, chosen)].max(axis=1)
-        chosen.append(int(rest[np.argmax(score)]))
-    return chosen

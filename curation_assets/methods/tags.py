@@ -122,8 +122,8 @@ def target_leaf_mass(c: Candidates, s: TagsSettings) -> dict[int, float]:
         prompts = read_target_prompts(s.target_file)
         results = c.tag(prompts)
         stem = vocabulary["stem"][0] if vocabulary.height else "word"
-        by_raw = dict(zip(vocabulary["raw_tag"], vocabulary["tree_tag"]))
-        by_key = {k: t for k, t in zip(vocabulary["normalized"], vocabulary["tree_tag"]) if t is not None}
+        by_raw = dict(zip(vocabulary["raw_tag"], vocabulary["tree_leaf"]))
+        by_key = {k: t for k, t in zip(vocabulary["normalized"], vocabulary["tree_leaf"]) if t is not None}
         leaf_label = {t: by_raw.get(t) or by_key.get(rule_normalize(t, stem)) for r in results for t in (x["tag"] for x in r.value or [])}
         unknown = sorted(t for t, label in leaf_label.items() if label not in leaf_of_label)
         grounded = {}

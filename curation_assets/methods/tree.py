@@ -1,10 +1,13 @@
 """The TAGS knowledge tree (research/tags-tacos.md §2.3-2.4): bottom-up clustering of canonical tags.
 
-Leaves are the canonical tags. Each level clusters the current nodes' embeddings with spherical
-k-means into ceil(n / branching) parents, weighting each node by its rows (Clio-style levels,
-embedding-only; the LLM refine steps of §2.3 are reduced to optional naming). A parent's vector is
-the row-weighted mean of its children's, re-normalized. Levels stop at <= `top` nodes or
-`max_depth` levels; a single root goes on top.
+Leaves are leaf concepts: synonymous tags grouped at a cosine near 0.9 (`leaf_concepts`,
+`tree_leaves`). Each level clusters the current nodes' embeddings with spherical k-means into
+ceil(n / branching) parents, weighting each node by its rows (embedding-only, the default), or,
+with a chat model, runs Clio's refinement (`clio_level`: summarize neighbourhoods into parent
+names, merge duplicate names, assign children by majority vote with a cosine fallback, rename).
+A parent's vector is the row-weighted mean of its children's, re-normalized. Levels stop at <=
+`top` nodes or `max_depth` levels; a single root goes on top. A chain of single-child nodes (each
+repeating its child's label) is collapsed. `tree_quality` measures the result.
 
 Grounding (§2.4): a row's leaves are its canonical tags. A tag outside the tree (a target-set tag)
 maps to its nearest leaf by cosine, or to the nearest internal node when that leaf is less similar
@@ -14,6 +17,7 @@ than `tau` (0.75).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,6 +34,198 @@ class TreeSettings:
     max_depth: int = 8
     seed: int = 0
     kmeans_iterations: int = 25
+    neighbourhood: int = 40  # Clio refinement: nodes per neighbourhood (Clio G.7: about 40)
+    votes: int = 1  # Clio refinement: assignment answers per child (Clio: 5), majority wins
+    dedup_threshold: float = 0.9  # Clio refinement: proposed parent names this similar merge
+
+
+# A chat model asked many prompts at once: for each prompt, parse(answer) or None when it failed.
+Ask = Callable[[list[str], Callable[[str], object]], list[object | None]]
+
+SUMMARIZE_PROMPT = (
+    "Below are related topics from a taxonomy of instruction data:\n{children}\n"
+    "Propose {n} broader parent topic(s) that together cover all of them. Answer with one name of 2 to 5 "
+    "words per line and nothing else."
+)
+ASSIGN_PROMPT = (
+    "Topic: {child}\nWhich of these parent topics fits it best?\n{parents}\nAnswer with the number only."
+)
+RENAME_PROMPT = (
+    "The following topics are the children of one node in a taxonomy of instruction data:\n{children}\n"
+    "Name their common parent topic in 2 to 5 words. Answer with the name only."
+)
+_BULLET = re.compile(r"^\s*(?:[-*•]+|\d+[.):]|#+)\s*")
+_INT = re.compile(r"\d+")
+
+
+def parse_names(text: str) -> list[str]:
+    """Names, one per line, bullets and numbering removed; at least one name of <= 80 characters."""
+    names = [_BULLET.sub("", line).strip(" \"'*.`") for line in (text or "").splitlines()]
+    names = [n for n in names if n and len(n) <= 80]
+    if not names:
+        raise ValueError("expected names, one per line")
+    return list(dict.fromkeys(names))
+
+
+def parse_name(text: str) -> str:
+    return parse_names(text)[0]
+
+
+def parse_choice(count: int) -> Callable[[str], int]:
+    """The first integer of the answer, 1..count, as a 0-based index."""
+
+    def parse(text: str) -> int:
+        for match in _INT.finditer(text or ""):
+            if 1 <= int(match.group()) <= count:
+                return int(match.group()) - 1
+        raise ValueError(f"expected a number from 1 to {count}")
+
+    return parse
+
+
+def _distinct(names: list[str]) -> list[str]:
+    """Names in order, each case-folded spelling once (its first spelling)."""
+    first: dict[str, str] = {}
+    for name in names:
+        first.setdefault(name.casefold(), name)
+    return list(first.values())
+
+
+def _bullets(items: list[str]) -> str:
+    return "\n".join(f"- {t}" for t in items)
+
+
+def clio_level(
+    labels: list[str], vectors: np.ndarray, rows: np.ndarray, settings: TreeSettings, ask: Ask, embed: Callable[[list[str]], np.ndarray], seed: int
+) -> tuple[np.ndarray, list[str]]:
+    """One Clio-style level (tags-tacos.md §2.3): parents of the current nodes and their names.
+
+    1. Neighbourhoods: spherical k-means into ceil(n / neighbourhood) groups.
+    2. Summarize: the LLM proposes max(1, len(group) // branching) parent names per group (a failed
+       answer falls back to the group's most used children's labels).
+    3. Deduplicate: names equal after case folding, or with embeddings at cosine >=
+       dedup_threshold, merge (leader grouping, the most proposed first).
+    4. Assign: each child picks one of its group's parents, `votes` answers, majority wins; with no
+       valid answer, the parent whose name is nearest by cosine.
+    5. Drop empty parents; rename each parent from at most 10 of its children (most rows first),
+       keeping the proposed name when the answer fails.
+    Returns (parent index per node, parent names).
+    """
+    n = len(labels)
+    groups = spherical_kmeans(vectors, math.ceil(n / settings.neighbourhood), np.maximum(rows, 1.0), seed, settings.kmeans_iterations)
+    members = [np.flatnonzero(groups == g) for g in range(int(groups.max()) + 1)]
+    members = [m[np.argsort(-rows[m], kind="stable")] for m in members]
+    wanted = [max(1, len(m) // settings.branching) for m in members]
+    proposals = ask([SUMMARIZE_PROMPT.format(children=_bullets([labels[i] for i in m]), n=w) for m, w in zip(members, wanted)], parse_names)
+    proposed = [(_distinct(p)[:w] if p else [labels[i] for i in m[:w]]) for p, m, w in zip(proposals, members, wanted)]
+    # Deduplicate across groups.
+    flat = [name for names in proposed for name in names]
+    folded = list(dict.fromkeys(name.casefold() for name in flat))
+    votes_for = np.array([sum(1 for x in flat if x.casefold() == f) for f in folded], dtype=np.float64)
+    spelled = {f: next(x for x in flat if x.casefold() == f) for f in folded}
+    leader = leaf_concepts(folded, embed([spelled[f] for f in folded]), votes_for, settings.dedup_threshold)
+    canon = {f: spelled[lead] for f, lead in zip(folded, leader)}
+    names = list(dict.fromkeys(canon.values()))
+    name_index = {name: k for k, name in enumerate(names)}
+    name_vecs = _normalize(embed(names))
+    # Assign each child among its group's (deduplicated) parents.
+    options = [list(dict.fromkeys(name_index[canon[x.casefold()]] for x in names_g)) for names_g in proposed]
+    assign = np.zeros(n, dtype=np.int64)
+    prompts, targets = [], []
+    for g, m in enumerate(members):
+        for i in m:
+            if len(options[g]) == 1:
+                assign[i] = options[g][0]
+                continue
+            listing = "\n".join(f"{k + 1}. {names[o]}" for k, o in enumerate(options[g]))
+            prompts += [ASSIGN_PROMPT.format(child=labels[i], parents=listing)] * settings.votes
+            targets += [(i, g)] * settings.votes
+    answers = ask(prompts, str) if prompts else []
+    tally: dict[int, list[int]] = {}
+    for (i, g), text in zip(targets, answers):
+        try:
+            tally.setdefault(i, []).append(options[g][parse_choice(len(options[g]))(text)])
+        except Exception:  # an off-format answer is no vote
+            tally.setdefault(i, [])
+    for i, chosen in tally.items():
+        g = int(groups[i])
+        if chosen:
+            values, counts = np.unique(chosen, return_counts=True)
+            assign[i] = int(values[np.argmax(counts)])
+        else:
+            assign[i] = options[g][int(np.argmax(name_vecs[options[g]] @ vectors[i]))]
+    used = sorted(set(assign.tolist()), key=lambda k: int(np.flatnonzero(assign == k)[0]))
+    remap = {k: j for j, k in enumerate(used)}
+    assign = np.array([remap[k] for k in assign.tolist()], dtype=np.int64)
+    parent_names = [names[k] for k in used]
+    kids = [np.flatnonzero(assign == j) for j in range(len(used))]
+    kids = [k[np.argsort(-rows[k], kind="stable")][:10] for k in kids]
+    renamed = ask([RENAME_PROMPT.format(children=_bullets([labels[i] for i in k])) for k in kids], parse_name)
+    return assign, [r if r else name for r, name in zip(renamed, parent_names)]
+
+
+def leaf_concepts(labels: list[str], vectors: np.ndarray, rows: np.ndarray, threshold: float = 0.9) -> list[str]:
+    """The leaf concept of each tag: tags whose embeddings have cosine >= `threshold` to a more
+    used tag join it (tags-tacos.md §2.3: the first level groups synonyms, embedding-only, at the
+    cosine near 0.9 that MIG uses for its label graph).
+
+    Leader clustering in order of use (rows, then label): a tag joins the most similar earlier
+    leader it reaches at `threshold`, else it leads a concept of its own. Every member is that
+    similar to its concept's label, so a concept cannot drift along a chain of near neighbours as
+    single-linkage grouping would. Exact (faiss range search); returns the leader label per tag.
+    """
+    import faiss
+
+    n = len(labels)
+    if n == 0:
+        return []
+    order = sorted(range(n), key=lambda i: (-float(rows[i]), labels[i]))
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
+    vecs = np.ascontiguousarray(_normalize(np.asarray(vectors, dtype=np.float32)))
+    index = faiss.IndexFlatIP(vecs.shape[1])
+    index.add(vecs)
+    lims, sims, ids = index.range_search(vecs, float(threshold) - 1e-6)
+    leader = np.full(n, -1, dtype=np.int64)
+    for i in order:
+        near, sim = ids[lims[i] : lims[i + 1]], sims[lims[i] : lims[i + 1]]
+        ok = (rank[near] < rank[i]) & (leader[near] == near)  # earlier tags that lead a concept
+        leader[i] = int(near[ok][np.argmax(sim[ok])]) if ok.any() else i
+    return [labels[j] for j in leader]
+
+
+def tree_leaves(
+    rows: pl.DataFrame, vocabulary: pl.DataFrame, encode: Callable[[list[str]], np.ndarray], threshold: float, min_rows: int
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Leaf concepts over every normalized tag, rare ones included, then the leaves worth a node.
+
+    `rows` holds row_id and raw_tags; `vocabulary` maps raw_tag to its normalized key and canonical
+    tag (tag_normalization). A tag's label is its canonical tag where it passed the frequency
+    filter, else its commonest spelling. Labels group into concepts (`leaf_concepts`); a concept
+    used by at least `min_rows` rows is a leaf. Returns (row_id, tree_tags: the row's leaves) and
+    the vocabulary with `tree_leaf` (the raw tag's leaf, null when it has none).
+    """
+    spelling = (
+        vocabulary.filter(pl.col("normalized") != "").sort(["raw_count", "raw_tag"], descending=[True, False])
+        .group_by("normalized", maintain_order=True).agg(pl.col("raw_tag").first().alias("spelling"), pl.col("canonical_tag").drop_nulls().first().alias("canonical"))
+    )
+    label_of = spelling.select("normalized", pl.coalesce("canonical", "spelling").alias("label"))
+    keyed = vocabulary.select("raw_tag", "normalized").join(label_of, on="normalized")
+    pairs = rows.select("row_id", pl.col("raw_tags").alias("raw_tag")).explode("raw_tag").drop_nulls().join(keyed, on="raw_tag").select("row_id", "label").unique()
+    counts = pairs.group_by("label").agg(pl.len().alias("rows")).sort("label")
+    labels = counts["label"].to_list()
+    concept = dict(zip(labels, leaf_concepts(labels, encode([t.lower() for t in labels]), counts["rows"].to_numpy(), threshold))) if labels else {}
+    leaves = pairs.with_columns(pl.col("label").replace_strict(concept, return_dtype=pl.String).alias("leaf")).select("row_id", "leaf").unique()
+    kept = leaves.group_by("leaf").len().filter(pl.col("len") >= min_rows)["leaf"]
+    leaves = leaves.filter(pl.col("leaf").is_in(kept.implode()))
+    row_leaves = rows.select("row_id").join(
+        leaves.group_by("row_id").agg(pl.col("leaf").unique().sort().alias("tree_tags")), on="row_id", how="left", maintain_order="left"
+    ).with_columns(pl.col("tree_tags").fill_null(pl.lit([], dtype=pl.List(pl.String))))
+    leaf_of = {label: leaf for label, leaf in concept.items() if leaf in set(kept.to_list())}
+    vocab = vocabulary.join(keyed.select("raw_tag", "label"), on="raw_tag", how="left", maintain_order="left").with_columns(
+        pl.col("label").replace_strict(leaf_of, default=None, return_dtype=pl.String).alias("tree_leaf")
+    ).drop("label")
+    return row_leaves, vocab
 
 
 def spherical_kmeans(vectors: np.ndarray, k: int, weights: np.ndarray, seed: int, iterations: int) -> np.ndarray:
@@ -61,6 +257,7 @@ def build_tree(
     rows: np.ndarray,
     settings: TreeSettings,
     namer: Callable[[list[list[str]]], list[str | None]] | None = None,
+    refine: tuple[Ask, Callable[[list[str]], np.ndarray]] | None = None,
 ) -> pl.DataFrame:
     """Nodes of the tree over leaves `labels` (with unit `vectors` and row counts `rows`).
 
@@ -72,16 +269,23 @@ def build_tree(
     levels_parent: list[np.ndarray] = []  # parent index (into the next level) of each node, per level
     level_vecs = [_normalize(np.asarray(vectors, dtype=np.float32))] if n else []
     level_rows = [np.asarray(rows, dtype=np.float64)] if n else []
+    level_names: list[list[str]] = [list(labels)]
     while n and len(level_vecs[-1]) > settings.top and len(level_vecs) < settings.max_depth:
         cur_vecs, cur_rows = level_vecs[-1], level_rows[-1]
-        k = math.ceil(len(cur_vecs) / settings.branching)
-        assign = spherical_kmeans(cur_vecs, k, np.maximum(cur_rows, 1.0), settings.seed + len(level_vecs), settings.kmeans_iterations)
+        seed = settings.seed + len(level_vecs)
+        if refine is not None:
+            assign, names = clio_level(level_names[-1], cur_vecs, cur_rows, settings, refine[0], refine[1], seed)
+        else:
+            k = math.ceil(len(cur_vecs) / settings.branching)
+            assign = spherical_kmeans(cur_vecs, k, np.maximum(cur_rows, 1.0), seed, settings.kmeans_iterations)
+            names = []
         m = int(assign.max()) + 1
         if m >= len(cur_vecs):
             break
         sums = np.zeros((m, cur_vecs.shape[1]), dtype=np.float64)
         np.add.at(sums, assign, cur_vecs * np.maximum(cur_rows, 1.0)[:, None])
         levels_parent.append(assign)
+        level_names.append(names)
         level_vecs.append(_normalize(sums.astype(np.float32)))
         level_rows.append(np.bincount(assign, weights=cur_rows, minlength=m))
 
@@ -114,7 +318,10 @@ def build_tree(
             level.append(lvl)
             leaf_ids = level_members[lvl][i]
             tags = order_labels(leaf_ids)
-            label.append(labels[i] if lvl == 0 else " / ".join(tags[:2]) + (" …" if len(tags) > 2 else ""))
+            if lvl == 0 or refine is not None:
+                label.append(level_names[lvl][i])
+            else:
+                label.append(" / ".join(tags[:2]) + (" …" if len(tags) > 2 else ""))
             is_leaf.append(lvl == 0)
             n_leaves.append(len(leaf_ids))
             leaf_rows.append(float(level_rows[lvl][i]))
@@ -128,9 +335,70 @@ def build_tree(
         },
         schema_overrides={"parent_id": pl.Int64, "depth": pl.Int32, "level": pl.Int32},
     )
-    if namer is not None:
+    nodes = collapse_single_children(nodes)
+    if namer is not None and refine is None:
         nodes = name_internal_nodes(nodes, namer)
     return nodes
+
+
+def collapse_single_children(nodes: pl.DataFrame) -> pl.DataFrame:
+    """Remove internal nodes (not the root) with exactly one child: the child takes their place.
+
+    K-means leaves such chains when a cluster holds one node, and each link repeats its child's
+    label. Node ids are renumbered 0..n-1 in the old order (root 0) and depths recomputed, so
+    leaves may sit at different depths; `level` (height of the level that made a node) is kept.
+    """
+    parent = dict(zip(nodes["node_id"].to_list(), nodes["parent_id"].to_list()))
+    n_children: dict[int, int] = {}
+    for p in parent.values():
+        if p is not None:
+            n_children[p] = n_children.get(p, 0) + 1
+    removed = {node for node, p in parent.items() if p is not None and n_children.get(node, 0) == 1}
+    if not removed:
+        return nodes
+
+    def kept_parent(node: int) -> int | None:
+        p = parent[node]
+        while p in removed:
+            p = parent[p]
+        return p
+
+    kept = nodes.filter(~pl.col("node_id").is_in(list(removed)))
+    new_id = {old: new for new, old in enumerate(kept["node_id"].to_list())}
+    new_parent = [None if p is None else new_id[kept_parent(n)] for n, p in zip(kept["node_id"], kept["parent_id"])]
+    depth: dict[int, int] = {}
+    for node, p in zip(range(kept.height), new_parent):  # parents come before children in node order
+        depth[node] = 0 if p is None else depth[p] + 1
+    return kept.with_columns(
+        pl.Series("node_id", range(kept.height), dtype=pl.Int64),
+        pl.Series("parent_id", new_parent, dtype=pl.Int64),
+        pl.Series("depth", [depth[i] for i in range(kept.height)], dtype=pl.Int32),
+    )
+
+
+def tree_quality(nodes: pl.DataFrame, memberships: pl.DataFrame, pool_rows: int) -> dict[str, float]:
+    """How well the tree organizes the pool: rows per leaf (median, share of single-row leaves),
+    depth, branching, share of pool rows grounded on a leaf, and label repetition along paths
+    (nodes labelled exactly like their parent)."""
+    leaves = nodes.filter(pl.col("is_leaf"))
+    per_leaf = leaves.select("node_id").join(memberships.group_by("node_id").agg(pl.col("row_id").n_unique().alias("rows")), on="node_id", how="left")["rows"].fill_null(0)
+    internal = nodes.filter(~pl.col("is_leaf") & (pl.col("node_id") != ROOT))
+    children = nodes.drop_nulls("parent_id").group_by("parent_id").len()["len"]
+    label = dict(zip(nodes["node_id"], nodes["label"]))
+    repeats = sum(1 for n, p in zip(nodes["node_id"], nodes["parent_id"]) if p is not None and p != ROOT and label[p] == label[n])
+    return {
+        "leaves": leaves.height,
+        "internal_nodes": internal.height,
+        "rows_per_leaf_median": float(per_leaf.median() or 0),
+        "rows_per_leaf_mean": float(per_leaf.mean() or 0),
+        "single_row_leaf_share": float((per_leaf == 1).mean() or 0) if len(per_leaf) else 0.0,
+        "depth_max": int(nodes["depth"].max() or 0),
+        "leaf_depth_mean": float(leaves["depth"].mean() or 0),
+        "branching_mean": float(children.mean() or 0),
+        "branching_max": int(children.max() or 0),
+        "rows_grounded_share": memberships["row_id"].n_unique() / pool_rows if pool_rows else 0.0,
+        "label_repeats_on_paths": repeats,
+    }
 
 
 def name_internal_nodes(nodes: pl.DataFrame, namer: Callable[[list[list[str]]], list[str | None]]) -> pl.DataFrame:

@@ -1,0 +1,245 @@
+"""Faults: writes that die midway, shards in flight together, corrupt intermediates, symlinks out
+of the landing folder, failed shards in the headless summary (issue 12 items 2-5, issue 10 item 4)."""
+
+import json
+import os
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from conftest import land
+from curation_assets.raw_pool import raw_pool
+
+DEMO = Path(__file__).resolve().parents[1] / "demo"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def errors_of(result) -> str:
+    """Every message in the failed steps' error chains."""
+    text = []
+    for event in result.get_step_failure_events():
+        error = event.step_failure_data.error
+        while error is not None:
+            text.append(error.message)
+            error = error.cause
+    return "\n".join(text)
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_a_write_that_dies_midway_leaves_the_previous_file_whole(tmp_path, resources, instance, monkeypatch, lazy):
+    rows = {"x": list(range(5000))}
+
+    @dg.asset
+    def table() -> pl.LazyFrame if lazy else pl.DataFrame:
+        return pl.LazyFrame(rows) if lazy else pl.DataFrame(rows)
+
+    assert dg.materialize([table], resources=resources, instance=instance).success
+    path = resources["storage"].asset_file("table")
+    assert pl.read_parquet(path).height == 5000
+
+    # The disk fills up halfway through the next write of the same file, whichever writer it uses.
+    def dies_midway(real):
+        def write(self, target, *args, **kwargs):
+            real(self, target, *args, **kwargs)
+            with open(target, "r+b") as f:
+                f.truncate(os.path.getsize(target) // 2)
+            raise OSError(28, "No space left on device")
+
+        return write
+
+    monkeypatch.setattr(pl.DataFrame, "write_parquet", dies_midway(pl.DataFrame.write_parquet))
+    monkeypatch.setattr(pl.LazyFrame, "sink_parquet", dies_midway(pl.LazyFrame.sink_parquet))
+    assert not dg.materialize([table], resources=resources, instance=instance, raise_on_error=False).success
+    monkeypatch.undo()
+    assert pl.read_parquet(path).height == 5000  # the old file, whole
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left behind
+
+
+# --------------------------------------------------------------------------- identity across files
+
+
+IN_FLIGHT = """
+import sys, time
+from pathlib import Path
+import dagster as dg
+from curation_assets import raw_pool as module
+from curation_assets.definitions import build_resources
+
+home, key, ready = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+real = module.ingest_file
+
+def ingest_together(*args, **kwargs):  # hold until the other shard's run is in flight too
+    summary = real(*args, **kwargs)
+    (ready / key.replace("/", "_")).touch()
+    deadline = time.time() + 300
+    while len(list(ready.iterdir())) < 2 and time.time() < deadline:
+        time.sleep(0.1)
+    return summary
+
+module.ingest_file = ingest_together
+with dg.DagsterInstance.get() as instance:
+    result = dg.materialize([module.raw_pool], resources=build_resources(home), partition_key=key, instance=instance, raise_on_error=False)
+sys.exit(0 if result.success else 1)
+"""
+
+
+@pytest.mark.slow
+def test_overlapping_shards_in_flight_together_give_one_canonical_copy(tmp_path, resources, monkeypatch):
+    """Two processes materialize overlapping shards at once (each holds until the other is in
+    flight, as the daemon's concurrent runs do): the shared conversations get one canonical copy,
+    the one landed first, and `curate why` says so."""
+    import subprocess
+    import sys
+
+    from curation_assets.shards import identity_counts, pool_rows
+    from curation_assets.why import story
+
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir()
+    (dagster_home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text().replace(".dagster_home", str(dagster_home)))
+    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+    storage = resources["storage"]
+    shared = [{"instruction": f"Shared question {i}?", "output": f"Answer {i}."} for i in range(5)]
+    a = land(resources, write_jsonl(tmp_path / "a.jsonl", shared + [{"instruction": "Only in a?", "output": "Yes."}]))
+    b = land(resources, write_jsonl(tmp_path / "b.jsonl", [{"instruction": "Only in b?", "output": "Yes."}] + shared[::-1]))
+    with dg.DagsterInstance.get() as instance:
+        instance.add_dynamic_partitions("pool_shards", [a, b])
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    runs = [subprocess.Popen([sys.executable, "-c", IN_FLIGHT, str(storage.root), key, str(ready)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for key in (b, a)]
+    outputs = [run.communicate(timeout=400)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+
+    pool = storage.scan_partitions("raw_pool")
+    canonical = pool_rows(pool).collect()
+    assert canonical.height == 7 and canonical["row_id"].n_unique() == 7
+    first_landed, later = (a, b) if storage.landed_manifest(a)["landed_at"] <= storage.landed_manifest(b)["landed_at"] else (b, a)
+    assert set(canonical.filter(pl.col("instruction").str.starts_with("Shared"))["source_partition"]) == {first_landed}
+    assert identity_counts(pool) == {"stored_rows": 12, "canonical_rows": 7, "duplicates_within_file": 0, "duplicates_across_files": 5}
+    # `curate why` names the one canonical copy and the one duplicate of it.
+    text = story(storage, canonical.filter(pl.col("instruction") == "Shared question 2?")["row_id"][0])
+    assert f"(shard {first_landed}," in text
+    assert text.count("duplicate copy:") == 1 and f"-> first copy {first_landed}#" in text
+
+
+# --------------------------------------------------------------------------- corruption
+
+
+def test_a_truncated_shard_file_fails_with_its_path_and_the_repair_command(tmp_path, resources, instance):
+    from curation_assets.open_tags import open_tags
+    from resources.storage import CorruptIntermediateError
+
+    key = land(resources, write_jsonl(tmp_path / "a.jsonl", [{"prompt": f"p{i}", "completion": f"c{i}"} for i in range(20)]))
+    instance.add_dynamic_partitions("pool_shards", [key])
+    assert dg.materialize([raw_pool], resources=resources, partition_key=key, instance=instance).success
+    storage = resources["storage"]
+    path = storage.asset_file("raw_pool", key)
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size - 100)
+
+    # A per-shard step that reads it through the IO manager.
+    result = dg.materialize([raw_pool, open_tags], resources=resources, partition_key=key, instance=instance, selection=[open_tags.key], raise_on_error=False)
+    assert not result.success
+    message = errors_of(result)
+    assert str(path) in message and f"curate run --home {storage.root}" in message
+    # A global step that reads every shard from storage.
+    with pytest.raises(CorruptIntermediateError, match="curate run --home"):
+        storage.scan_partitions("raw_pool")
+
+
+# --------------------------------------------------------------------------- symlinks
+
+
+def test_landing_follows_no_symlink_out_of_the_landing_folder(tmp_path, instance):
+    from curation_assets.landing import scan_landing
+
+    home = tmp_path / "home"
+    landing, landed = home / "landing", home / "landed"
+    (landing / "sub").mkdir(parents=True)
+    outside = tmp_path / "private"
+    outside.mkdir()
+    write_jsonl(outside / "secret.jsonl", [{"prompt": "secret", "completion": "do not ingest"}])
+    write_jsonl(landing / "sub" / "ok.jsonl", [{"prompt": "p", "completion": "c"}])
+    (landing / "link_to_file.jsonl").symlink_to(outside / "secret.jsonl")
+    (landing / "link_to_folder").symlink_to(outside, target_is_directory=True)
+    (landing / "link_inside.jsonl").symlink_to(landing / "sub" / "ok.jsonl")  # inside: same content, landed once
+    before = sorted(p.name for p in outside.iterdir())
+
+    new, _ = scan_landing(landing, landed, {}, set(), min_age_seconds=0)
+    [only] = new  # the real file, once (the link inside the folder has the same content)
+    assert only.source_path in {"sub/ok.jsonl", "link_inside.jsonl"}
+    assert not any("secret" in p.name for p in landed.rglob("*"))
+    assert sorted(p.name for p in outside.iterdir()) == before  # nothing written outside the data folder
+
+    from curation_assets.headless import data_files
+
+    assert [name for _, name in data_files([landing])] == ["link_inside.jsonl", "sub/ok.jsonl"]
+
+
+# --------------------------------------------------------------------------- headless summary and repair
+
+
+def test_headless_summary_tells_the_truth_and_a_rerun_repairs(tmp_path, monkeypatch, capsys):
+    """A shard whose instance_scores fails: the summary's per-shard table says so, the global assets
+    run without it (its rows are not in the selection) and the exit code is 1. A truncated output
+    is re-materialized by the next `curate run`, which then exits 0."""
+    import curation_assets.instance_scores as scores_module
+    from curation_assets.cli import main
+
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir()
+    (dagster_home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text().replace(".dagster_home", str(dagster_home)))
+    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+    home = tmp_path / "home"
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "resources:\n  scorer: {model: %s}\n  landing: {min_age_seconds: 0}\n"
+        "assets:\n  normalized_tags: {alpha: 1, n_clusters: 2}\n  instance_scores: {methods: [ifd]}\n"
+        "  selected_subset: {strategy: top_k, budget: 0.5, neighbours: false}\n" % (ROOT / "tests" / "fixtures" / "tiny_gpt2")
+    )
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    write_jsonl(pool / "good.jsonl", [{"instruction": f"Explain topic {i} clearly.", "output": f"Topic {i} is simple."} for i in range(8)])
+    write_jsonl(pool / "bad.jsonl", [{"instruction": f"POISON question {i}?", "output": f"Reply {i}."} for i in range(4)])
+
+    real = scores_module._columns
+
+    def fails_on_poison(method, rows, *args, **kwargs):
+        if rows["instruction"].str.contains("POISON").any():
+            raise RuntimeError("scorer crashed on this shard")
+        return real(method, rows, *args, **kwargs)
+
+    monkeypatch.setattr(scores_module, "_columns", fails_on_poison)
+    assert main(["run", str(pool), "--config", str(config), "--home", str(home)]) == 1
+    err = capsys.readouterr().err
+    [bad_line] = [line for line in err.splitlines() if line.startswith("bad.jsonl@")]
+    assert "FAILED" in bad_line and "scorer crashed on this shard" in bad_line
+    assert any(line.startswith("good.jsonl@") and " ok " in line for line in err.splitlines())
+    assert "global assets: ok WITHOUT 1 shard(s)" in err and "bad.jsonl@" in err.split("WITHOUT")[-1]
+    reasons = pl.read_parquet(home / "assets" / "selection_reasons.parquet")
+    pool_rows = pl.read_parquet(home / "assets" / "raw_pool" / "*.parquet")
+    assert reasons.height == 8
+    assert reasons.join(pool_rows.filter(pl.col("instruction").str.contains("POISON")), on="row_id", how="semi").is_empty()
+
+    # The fault is gone and the good shard's scores were truncated: a plain `curate run` repairs both.
+    monkeypatch.setattr(scores_module, "_columns", real)
+    [good_scores] = (home / "assets" / "instance_scores").glob("good.jsonl@*.parquet")
+    with open(good_scores, "r+b") as f:
+        f.truncate(good_scores.stat().st_size // 2)
+    assert main(["run", "--config", str(config), "--home", str(home)]) == 0
+    out = capsys.readouterr().out
+    assert "global assets: ok" in out and "WITHOUT" not in out
+    assert sum(line.startswith(("good.jsonl@", "bad.jsonl@")) and " ok " in line for line in out.splitlines()) == 2
+    assert pl.read_parquet(good_scores).height == 8
+    assert pl.read_parquet(home / "assets" / "selection_reasons.parquet").height == 12
