@@ -7,8 +7,11 @@ from __future__ import annotations
 import os
 
 import dagster as dg
+import pydantic
 
-from curation_assets import instance_scores, knowledge_tree, normalized_tags, open_tags, selected_subset, subset_training
+from curation_assets import (
+    gradient_store, instance_scores, knowledge_tree, normalized_tags, open_tags, query_set, selected_subset, subset_training, warmup_adapter,
+)
 from curation_assets.recovery import dead_run_sensor
 from curation_assets import raw_pool as raw_pool_module
 from curation_assets.automation import GLOBAL_LABEL, automation_sensor, global_condition
@@ -18,6 +21,7 @@ from resources.models import EmbedderResource
 from resources.scorer import CausalLMScorerResource, DeitaScorersResource
 from resources.storage import AtomicParquetIOManager, CurationStorage
 from resources.tagger import TaggerResource
+from resources.target_model import TargetModelResource
 
 
 def build_resources(home: str | None = None, resource_config: dict | None = None) -> dict:
@@ -45,22 +49,36 @@ RESOURCE_TYPES = {
     "scorer": CausalLMScorerResource,
     "deita_scorers": DeitaScorersResource,
     "judge": instance_scores.JudgeResource,
+    "target_model": TargetModelResource,
 }
 
 
-def build_assets(asset_config: dict | None = None, resource_config: dict | None = None) -> list:
+def build_assets(asset_config: dict | None = None, resource_config: dict | None = None, source: str = "asset config") -> list:
     """The assets, with the score methods and strategies registered now (methods/registry.py);
     `asset_config` (run config per asset) sets the code versions of the plugin-driven assets, so
     a changed setting or method VERSION shows their materializations as stale."""
     asset_config = asset_config or {}
+
+    def built(name: str, build):
+        try:
+            return build()
+        except pydantic.ValidationError as exc:  # a setting of the wrong type, an unknown method or strategy
+            problems = "; ".join(f"assets.{'.'.join(str(p) for p in (name, *e['loc']))}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors())
+            raise ValueError(f"{source}: {problems}") from exc
+        except ValueError as exc:
+            raise ValueError(f"{source}: assets.{name}: {exc}") from exc
+
     return [
         raw_pool_module.raw_pool,
         open_tags.open_tags,
         normalized_tags.normalized_tags,
         knowledge_tree.knowledge_tree,
-        instance_scores.build_asset(asset_config.get("instance_scores"), resource_config),
+        built("instance_scores", lambda: instance_scores.build_asset(asset_config.get("instance_scores"), resource_config)),
         instance_scores.comparative_scores,
-        selected_subset.build_asset(asset_config.get("selected_subset")),
+        query_set.query_set,
+        warmup_adapter.warmup_adapter,
+        gradient_store.gradient_store,
+        built("selected_subset", lambda: selected_subset.build_asset(asset_config.get("selected_subset"))),
         selected_subset.subset_export,
         subset_training.subset_model,
         subset_training.subset_evaluation,
@@ -99,13 +117,19 @@ def executor_from_env() -> dg.ExecutorDefinition | None:
     return None
 
 
+# Assets that only some configs read (targeted selection): materialized on demand, never awaited.
+OPTIONAL_ASSETS = ("query_set", "warmup_adapter", "gradient_store")
+
+
 def automate(assets: list) -> list:
     """Stage groups on every asset, and the global refresh rule (automation.global_condition) on
     every global asset marked with `global_refresh()`, over the graph's per-shard assets."""
+    optional = {dg.AssetKey(name) for name in OPTIONAL_ASSETS}
     shard_keys = [
-        key for a in assets if isinstance(a, dg.AssetsDefinition) and a.partitions_def == pool_shards for key in a.keys
+        key for a in assets if isinstance(a, dg.AssetsDefinition) and a.partitions_def == pool_shards for key in a.keys if key not in optional
     ]
-    condition = global_condition(shard_keys)
+    # Targeted selection's inputs neither trigger nor hold back the refresh of the other assets.
+    condition = global_condition(shard_keys).ignore(dg.AssetSelection.assets(*optional))
 
     def spec(s: dg.AssetSpec) -> dg.AssetSpec:
         changes = {}
@@ -123,9 +147,12 @@ def build_definitions(home: str | None = None, resource_config: dict | None = No
     defaults every run uses unless a run config says otherwise)."""
     asset_config = dict(asset_config or {})
     if isinstance(asset_config.get("selected_subset"), dict):  # the earlier flat form still reads
-        asset_config["selected_subset"] = selected_subset.nested_config(asset_config["selected_subset"])
+        try:
+            asset_config["selected_subset"] = selected_subset.nested_config(asset_config["selected_subset"])
+        except ValueError as exc:
+            raise ValueError(f"{source}: assets.{exc}" if str(exc).startswith("selected_subset") else f"{source}: assets.selected_subset: {exc}") from exc
     return dg.Definitions(
-        assets=automate(with_config_defaults(build_assets(asset_config, resource_config), asset_config, source)),
+        assets=automate(with_config_defaults(build_assets(asset_config, resource_config, source), asset_config, source)),
         asset_checks=CHECKS,
         sensors=SENSORS,
         resources=build_resources(home, resource_config),

@@ -95,7 +95,8 @@ def run_graph(
     instance: dg.DagsterInstance | None = None,
     log: Callable[[str], None] = print,
 ) -> RunReport:
-    from curation_assets.definitions import project_definitions
+    from curation_assets.definitions import OPTIONAL_ASSETS, project_definitions
+    from curation_assets.selected_subset import needed_assets
 
     config = config if config is not None else ProjectConfig.load(None)
     defs = project_definitions(config)
@@ -114,28 +115,43 @@ def run_graph(
 
     job = defs.resolve_implicit_global_asset_job_def()
     graph = defs.resolve_asset_graph()
-    shard_keys = [k for k in graph.toposorted_asset_keys if graph.get(k).partitions_def == pool_shards]
+    # Targeted selection's assets run only when the configured strategy reads them, in their own
+    # order: the gradient store's shards need the warm-up, a global asset over every raw_pool shard.
+    wanted = needed_assets(config.assets.get("selected_subset"))
+    optional = {dg.AssetKey(name) for name in OPTIONAL_ASSETS}
+    shard_keys = [k for k in graph.toposorted_asset_keys if graph.get(k).partitions_def == pool_shards and k not in optional]
     global_keys = [k for k in graph.toposorted_asset_keys if graph.get(k).is_materializable and graph.get(k).partitions_def is None
-                   and (k.to_user_string() not in OPT_IN or k.to_user_string() in config.assets)]
+                   and k not in optional and (k.to_user_string() not in OPT_IN or k.to_user_string() in config.assets)]
 
     tags = process_tags()
     shard_runs: dict[str, bool] = {}
     errors: dict[str, str] = {}
     partitions = sorted(instance.get_dynamic_partitions(pool_shards.name))
-    materialized = {k: _materialized(instance, k, graph.get(k).code_version) for k in shard_keys}
-    for partition in partitions:
-        todo = shard_keys if refresh else _to_materialize(materialized, storage, graph, shard_keys, partition)
-        if not todo:
-            continue
-        success, error = _execute(job, instance, asset_selection=todo, run_config=RUN_CONFIG, partition_key=partition, tags=tags)
-        shard_runs[partition] = success
-        if not success:
-            errors[partition] = error
-        log(f"shard {partition}: {'ok' if success else 'FAILED: ' + error}")
 
+    def run_shards(keys: list[dg.AssetKey]) -> None:
+        materialized = {k: _materialized(instance, k, graph.get(k).code_version) for k in keys}
+        for partition in partitions:
+            todo = keys if refresh else _to_materialize(materialized, storage, graph, keys, partition)
+            if not todo:
+                continue
+            success, error = _execute(job, instance, asset_selection=todo, run_config=RUN_CONFIG, partition_key=partition, tags=tags)
+            shard_runs[partition] = shard_runs.get(partition, True) and success
+            if not success:
+                errors.setdefault(partition, error)
+            log(f"shard {partition} ({', '.join(k.to_user_string() for k in todo)}): {'ok' if success else 'FAILED: ' + error}")
+
+    run_shards(shard_keys)
     global_run = None
     skipped: list[str] = []
-    if global_keys:
+    if "warmup_adapter" in wanted:
+        warmup = [dg.AssetKey("query_set"), dg.AssetKey("warmup_adapter")]
+        global_run, error = _execute(job, instance, asset_selection=warmup, run_config=RUN_CONFIG, tags=tags)
+        log(f"query_set, warmup_adapter: {'ok' if global_run else 'FAILED: ' + error}")
+        if global_run:
+            run_shards([dg.AssetKey("gradient_store")])
+    elif "query_set" in wanted:
+        global_keys = [dg.AssetKey("query_set"), *global_keys]
+    if global_keys and global_run is not False:
         global_run, error = _execute(job, instance, asset_selection=global_keys, run_config=RUN_CONFIG, tags=tags)
         # The shards the global assets left out: those missing an output of a per-shard asset.
         _, skipped = complete_shards(storage, partitions, [k.to_user_string() for k in shard_keys])

@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field, create_model
 
-from curation_assets import ui
+from curation_assets import targeted_inputs, ui
 from curation_assets.automation import global_refresh, global_table
 from curation_assets.method_config import strategy_config_class
 from curation_assets.methods.explain import budget_rule, explain
@@ -24,6 +24,7 @@ from resources.models import EmbedderResource
 from resources.scorer import CausalLMScorerResource
 from resources.storage import CurationStorage
 from resources.tagger import TaggerResource
+from resources.target_model import TargetModelResource
 
 DEFAULT_STRATEGY = "tags"
 COMMON_KEYS = ("budget", "neighbours")  # settings of the selection itself, outside any strategy's
@@ -80,6 +81,15 @@ def code_version(config: dict | None = None, strategies: dict[str, Strategy] | N
     return version_hash(strategy.settings_key(strategy_settings(strategy, cfg)), cfg.budget, cfg.neighbours)
 
 
+def needed_assets(config: dict | None = None, strategies: dict[str, Strategy] | None = None) -> frozenset[str]:
+    """The optional assets (query_set, warmup_adapter, gradient_store) that the strategy of this
+    run config reads; none for the strategies that are not targeted."""
+    strategies = STRATEGIES if strategies is None else strategies
+    cfg = config_class(strategies).model_validate(nested_config(config or {}, strategies))
+    strategy = strategies[cfg.strategy.strategy]
+    return strategy.needed_assets(strategy_settings(strategy, cfg))
+
+
 def build_asset(config: dict | None = None, strategies: dict[str, Strategy] | None = None) -> dg.AssetsDefinition:
     """The selected_subset multi-asset over `strategies` (default: the registry as it is now), its
     code version computed from `config` (the project's run config for selected_subset)."""
@@ -92,7 +102,9 @@ def build_asset(config: dict | None = None, strategies: dict[str, Strategy] | No
             "selected_subset": global_table("The selected rows in rank order, with their conversations and sources."),
             "selection_reasons": global_table("One row per candidate: selected or not, rank, scores with percentiles, tree path, gain, reason, nearest selected row."),
         },
-        deps=all_shards("raw_pool", "instance_scores"),
+        # gradient_store, query_set and warmup_adapter: read only by the targeted strategies (their
+        # absence holds back no other strategy's refresh: definitions.automate ignores them).
+        deps=[*all_shards("raw_pool", "instance_scores", "gradient_store"), "query_set", "warmup_adapter"],
         group_name="selection",
         code_version=code_version(config, strategies),
     )
@@ -107,6 +119,7 @@ def build_asset(config: dict | None = None, strategies: dict[str, Strategy] | No
         embedder: EmbedderResource,
         tagger: TaggerResource,
         scorer: CausalLMScorerResource,
+        target_model: TargetModelResource,
         storage: CurationStorage,
     ):
         strategy = strategies[config.strategy.strategy]
@@ -118,7 +131,8 @@ def build_asset(config: dict | None = None, strategies: dict[str, Strategy] | No
             raise dg.Failure(str(exc)) from exc
         cache = storage.row_cache("embeddings", embedder.version(), context.log.warning)
         embed = lambda texts: cached_encode(texts, embedder.encode, cache)  # noqa: E731
-        candidates = Candidates(rows, tree_memberships, knowledge_tree, comparative_scores, tag_vocabulary, embed, tagger.tag, scorer.eos_token, context.log.info)
+        candidates = Candidates(rows, tree_memberships, knowledge_tree, comparative_scores, tag_vocabulary, embed, tagger.tag, scorer.eos_token, context.log.info,
+                                targeted=targeted_inputs.provider(context, storage, rows, embedder, target_model))
         try:
             picked = strategy.pick(candidates, budget, settings)
         except ValueError as exc:
@@ -132,7 +146,12 @@ def build_asset(config: dict | None = None, strategies: dict[str, Strategy] | No
             .select("row_id", "rank", "system_prompt", "messages", "instruction", "input", "response", "source_file", "source_row", "source_partition")
             .with_columns(pl.lit(strategy.name).alias("strategy"))
         )
-        yield dg.Output(subset, "selected_subset", metadata={**_subset_metadata(subset, reasons, candidates, config, strategy, rule), **picked.summary, "skipped_shards": dg.MetadataValue.json(skipped_shards(context))})
+        if picked.subset_columns:
+            subset = subset.join(reasons.select("row_id", *picked.subset_columns), on="row_id", how="left", maintain_order="left")
+        meta = {**_subset_metadata(subset, reasons, candidates, config, strategy, rule), **picked.summary, "skipped_shards": dg.MetadataValue.json(skipped_shards(context))}
+        if "nearest_task" in reasons.columns:  # a targeted strategy: per-task similarity, pool vs subset
+            meta.update(targeted_inputs.task_metadata(reasons))
+        yield dg.Output(subset, "selected_subset", metadata=meta)
         yield dg.Output(reasons, "selection_reasons", metadata=_reasons_metadata(reasons))
 
     return selected_subset

@@ -31,11 +31,18 @@ def all_shards(*assets: str) -> list[dg.AssetDep]:
     return [dg.AssetDep(a, partition_mapping=dg.AllPartitionMapping()) for a in assets]
 
 
+# Per-shard assets only some strategies read (targeted selection): a shard without them is not
+# skipped; the strategy that reads them says which rows lack features.
+OPTIONAL_SHARD_INPUTS = frozenset({"gradient_store"})
+
+
 def shard_inputs(context) -> list[str]:
-    """The per-shard assets a global step declared with `all_shards` (none for asset checks)."""
+    """The per-shard assets a global step declared with `all_shards` (none for asset checks), less
+    the optional ones."""
     assets_def = getattr(context, "assets_def", None)
     specs = assets_def.specs if assets_def is not None else []
-    return sorted({d.asset_key.to_user_string() for s in specs for d in s.deps if isinstance(d.partition_mapping, dg.AllPartitionMapping)})
+    declared = {d.asset_key.to_user_string() for s in specs for d in s.deps if isinstance(d.partition_mapping, dg.AllPartitionMapping)}
+    return sorted(declared - OPTIONAL_SHARD_INPUTS)
 
 
 def complete_shards(storage: CurationStorage, partitions: list[str], assets: list[str]) -> tuple[list[str], list[str]]:

@@ -96,6 +96,7 @@ def story(storage: CurationStorage, key: str, width: int = 100) -> str:
         verdict = f"SELECTED, rank {reasons['rank']}" if reasons["selected"] else "NOT SELECTED"
         lines.append(f"  {verdict} by strategy '{reasons['strategy']}' ({reasons['budget_rule']})")
         lines.append(f"  {reasons['reason']}")
+        lines += _targeted_lines(storage, reasons, cut, width)
         if reasons["kl_contribution"] is not None:
             lines.append(f"  KL alignment improvement when picked: {reasons['kl_contribution']:.4g}")
         if reasons["nearest_selected"]:
@@ -104,6 +105,25 @@ def story(storage: CurationStorage, key: str, width: int = 100) -> str:
             if near:
                 lines.append(f"    {cut(near['instruction'], width)}")
     return "\n".join(lines)
+
+
+def _targeted_lines(storage: CurationStorage, reasons: dict, cut, width: int) -> list[str]:
+    """For a targeted strategy: the query (and task) that claimed the row, or its nearest query."""
+    query = reasons.get("target_query")
+    nearest = reasons.get("nearest_query")
+    if query is None and nearest is None:
+        return []
+    queries = _table(storage, "query_set")
+    lines = ["", "TARGETED", f"  representation: {reasons.get('representation')}"]
+    if query is not None:
+        lines.append(f"  claimed by query {query} ({reasons.get('target_task')}) in round/rank {reasons.get('target_round')}, similarity {reasons.get('target_similarity'):.4f}")
+    if nearest is not None:
+        lines.append(f"  nearest query: {nearest}, similarity {reasons.get('nearest_query_similarity'):.4f} (every other query is farther)")
+    shown = query if query is not None else nearest
+    hit = queries.filter(pl.col("query_id") == shown).collect() if queries is not None else None
+    if hit is not None and hit.height:
+        lines.append(f"    query {shown} [{hit['task'][0]}]: {cut(hit['prompt'][0], width)}")
+    return lines
 
 
 def story_json(storage: CurationStorage, key: str) -> str:

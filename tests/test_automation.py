@@ -105,7 +105,8 @@ def test_shards_first_then_one_global_refresh_with_the_project_settings(tmp_path
         assert third == {b: SHARD_ASSETS}
         bad = defs.resolve_implicit_global_asset_job_def().execute_in_process(
             instance=instance, partition_key=b, asset_selection=[dg.AssetKey("open_tags"), dg.AssetKey("instance_scores")],
-            run_config={"ops": {"instance_scores": {"config": {"methods": ["no_such_method"]}}}}, raise_on_error=False,
+            run_config={"ops": {"instance_scores": {"config": {"methods": ["iterit"], "iterit_chat_template": str(tmp_path / "no_such_template.jinja")}}}},
+            raise_on_error=False,
         )
         assert not bad.success
         assert auto.tick() == {}  # instance_scores[b] failed: the global assets wait

@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = sorted(p for p in (ROOT / "curation_assets" / "methods").glob("*.py") if p.name != "__init__.py")
-ASSET_MODULES = {"raw_pool", "open_tags", "normalized_tags", "knowledge_tree", "instance_scores", "selected_subset", "subset_training"}
+ASSET_MODULES = {"raw_pool", "open_tags", "normalized_tags", "knowledge_tree", "instance_scores", "selected_subset", "subset_training", "query_set", "warmup_adapter", "gradient_store"}
 
 
 def imported_modules(path: Path) -> set[str]:

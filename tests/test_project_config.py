@@ -29,8 +29,8 @@ def test_the_project_config_is_what_the_ui_loads(monkeypatch):
     defs = project_definitions(config)
     # The launchpad's defaults (and any run without run config) are the file's settings ...
     subset = op_defaults(defs, "selected_subset")
-    assert subset["budget"] == 0.1 and subset["target_file"] == str(ROOT / "demo" / "target" / "gsm8k_test_questions.jsonl")
-    assert subset["seed"] == 0  # ... and the code's defaults for what the file leaves out
+    assert subset["budget"] == 0.1 and subset["strategy"] == {"tags": {"target_file": str(ROOT / "demo" / "target" / "gsm8k_test_questions.jsonl")}}
+    assert subset["neighbours"] is True  # ... and the code's defaults for what the file leaves out
     assert op_defaults(defs, "instance_scores")["methods"] == ["ifd", "tshirt", "cherry", "iterit", "deita"]
     assert op_defaults(defs, "normalized_tags")["alpha"] == 1
     # Resources and the data home resolve to the same places as for `curate`.
@@ -53,6 +53,7 @@ def test_curation_config_env_names_the_file_and_env_vars_hold_secrets(tmp_path, 
     assert isinstance(config.resource_settings()["judge"]["base_url"], dg.EnvVar)
     defs = project_definitions(config)
     assert op_defaults(defs, "selected_subset")["budget"] == 7
+    assert op_defaults(defs, "selected_subset")["strategy"] == {"random": {}}  # the earlier flat form, nested
     assert defs.resources["storage"].root == tmp_path / "data"
     monkeypatch.setenv("CURATION_CONFIG", str(tmp_path / "missing.yaml"))
     with pytest.raises(FileNotFoundError, match="CURATION_CONFIG"):

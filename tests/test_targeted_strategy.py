@@ -3,7 +3,7 @@
 import numpy as np
 
 from curation_assets.methods.similarity_search import DenseSimilarity
-from curation_assets.methods.targeted import TargetedInputs, TargetedSettings, run
+from curation_assets.methods.targeted import SETTINGS, TargetedInputs, TargetedSettings, run
 
 HAND = np.array([[0.12, 0.85, 0.33, 0.85, -0.40, 0.61, 0.05, 0.70],
                  [0.90, 0.10, 0.72, 0.15, 0.66, 0.20, 0.05, 0.70],
@@ -32,6 +32,7 @@ def test_every_algorithm_returns_distinct_eligible_rows():
     inputs = TargetedInputs(DenseSimilarity(s), np.arange(40), np.arange(4), ["a", "a", "b", "b"], "embed (test)",
                             kde_features=lambda rows, k: np.sort(rng.uniform(0.5, 1, (len(rows), k)), axis=1)[:, ::-1])
     for algorithm in ("round_robin", "doubly_greedy", "uot", "knn_uniform", "knn_kde"):
-        pick = run(algorithm, inputs, 10, TargetedSettings(uot_candidates_per_query=None), 40)
+        settings = SETTINGS[algorithm](**({"uot_candidates_per_query": None} if algorithm == "uot" else {}))
+        pick = run(algorithm, inputs, 10, settings, 40)
         assert len(pick.order) == len(set(pick.order)) == 10
         assert all(pick.claimed_task[p] in ("a", "b") for p in pick.order)

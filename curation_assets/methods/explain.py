@@ -86,7 +86,8 @@ def explain(c: Candidates, picked: Picked, strategy: Strategy, budget: int, rule
         nearest, nearest_sim = nearest_selected(c.embeddings(), picked.order)
     ids = c.rows["row_id"].to_list()
     reason = [
-        f"selected: rank {rank[i]} of {len(picked.order)}, {picked.gain_name} {picked.gain[i]:.4g}" if selected[i] else picked.reason.get(i, "not selected")
+        (f"selected: rank {rank[i]} of {len(picked.order)}, " + picked.selected_reason.get(i, f"{picked.gain_name} {picked.gain[i]:.4g}"))
+        if selected[i] else picked.reason.get(i, "not selected")
         for i in range(n)
     ]
     frame = pl.DataFrame({
@@ -109,4 +110,8 @@ def explain(c: Candidates, picked: Picked, strategy: Strategy, budget: int, rule
         "source_file": c.rows["source_file"],
         "source_row": c.rows["source_row"],
     }, strict=False)
-    return frame.with_columns(pl.col("gain").fill_nan(None), pl.col("kl_contribution").fill_nan(None), pl.col("nearest_similarity").fill_nan(None))
+    if picked.columns:
+        frame = frame.with_columns(**{k: pl.Series(v, strict=False) for k, v in picked.columns.items()})
+    return frame.with_columns(
+        pl.col("tree_path").cast(pl.String), pl.col("canonical_tags").cast(pl.List(pl.String)),  # typed even when no row has a tree or tags
+        pl.col("gain").fill_nan(None), pl.col("kl_contribution").fill_nan(None), pl.col("nearest_similarity").fill_nan(None))

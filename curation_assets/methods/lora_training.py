@@ -260,13 +260,17 @@ def save_adam_state(optimizer, model, path: Path) -> None:
     save_file(tensors, str(path), metadata={"step": str(step), "betas": json.dumps(inner.param_groups[0].get("betas"))})
 
 
+PEFT_PREFIX = "base_model.model."  # PeftModel.named_parameters() = this + the wrapped model's names
+
+
 def load_adam_state(path: str | Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """{parameter name: (exp_avg, exp_avg_sq)} from `optimizer.safetensors`."""
+    """{parameter name: (exp_avg, exp_avg_sq)} from `optimizer.safetensors`, named as in the model
+    that `adapter_applied` yields (the PEFT wrapper's "base_model.model." prefix dropped)."""
     from safetensors.torch import load_file
 
     flat = load_file(str(path))
     names = [k[: -len(".exp_avg")] for k in flat if k.endswith(".exp_avg")]
-    return {n: (flat[f"{n}.exp_avg"], flat[f"{n}.exp_avg_sq"]) for n in names}
+    return {n.removeprefix(PEFT_PREFIX): (flat[f"{n}.exp_avg"], flat[f"{n}.exp_avg_sq"]) for n in names}
 
 
 def train_lora(

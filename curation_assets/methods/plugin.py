@@ -107,6 +107,9 @@ class Candidates:
     tag: Callable[[list[str]], list] | None = None  # the tagger: texts -> completions with .value [{tag, ...}]
     eos_token: Callable[[], str] | None = None  # the scorer tokenizer's EOS (IterIT's documents)
     log: Callable[[str], None] = lambda _: None
+    # Targeted selection: representation name -> TargetedInputs (query x candidate similarity), built
+    # by the asset layer from query_set and the gradient store, RDS+, the embedder or BM25.
+    targeted: Callable[[str], Any] | None = None
     _embeddings: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -144,6 +147,9 @@ class Picked:
     budget: int | None = None  # the method's own budget where it is not the pool's (Cherry: a share of the rows it keeps)
     budget_rule: str | None = None
     summary: dict[str, float] = field(default_factory=dict)  # subset-level measures for the UI
+    selected_reason: dict[int, str] = field(default_factory=dict)  # why a picked row was picked, where more than its gain says
+    columns: dict[str, list] = field(default_factory=dict)  # extra per-row reasons-table columns (targeted: the claiming query)
+    subset_columns: tuple[str, ...] = ()  # of `columns`, those the subset table carries too
 
 
 # The reasons-table columns a strategy can fill (besides selected, rank, reason, which every one does).
@@ -163,6 +169,12 @@ class Strategy:
     fills: frozenset[str] = frozenset({"gain", "eligible"})  # of REASON_FIELDS
     reports: dict[str, str] = field(default_factory=dict)  # Picked.extra values shown in the reasons' scores: name -> description
     reads: tuple[str, ...] = ()  # heavy score columns it needs loaded (T-SHIRT: noisy_d)
+    # Optional graph assets it reads under given settings (targeted: query_set, warmup_adapter,
+    # gradient_store); `curate run` materializes them first, other strategies never wait for them.
+    needs: Callable[[Any], frozenset[str]] | None = None
+
+    def needed_assets(self, settings: Settings) -> frozenset[str]:
+        return self.needs(settings) if self.needs else frozenset()
 
     def settings_key(self, settings: Settings) -> str:
         return version_hash(self.name, self.version, settings.model_dump(mode="json"))

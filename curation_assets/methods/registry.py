@@ -27,7 +27,7 @@ must run before `curation_assets.definitions.build_definitions()` builds the ass
 
 from __future__ import annotations
 
-from curation_assets.methods import cherry, deita, generic, instag, iterit, superfiltering, tacos, tags, tshirt
+from curation_assets.methods import cherry, deita, generic, instag, iterit, superfiltering, tacos, tags, targeted, tshirt
 from curation_assets.methods.plugin import ScoreMethod, Strategy
 
 SCORE_METHODS: dict[str, ScoreMethod] = {m.name: m for m in (
@@ -49,6 +49,7 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
     cherry.CHERRY,
     generic.TOP_K,
     generic.RANDOM,
+    *targeted.TARGETED_STRATEGIES,
 )}
 
 

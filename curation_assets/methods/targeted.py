@@ -1,8 +1,10 @@
-"""Targeted selection as selection strategies (research/targeted.md §4): one of the TIS algorithms over
-a representation's query x candidate similarity, with a reason per row (the query and task that
-claimed each pick, its round or rank and similarity; for the rest, their nearest query).
+"""Targeted selection as registered strategies (research/targeted.md §4): one of the TIS algorithms
+over a representation's query x candidate similarity, with a reason per row (the query and task
+that claimed each pick, its round or rank and similarity; for the rest, their nearest query).
 
-The similarity comes in `TargetedInputs`, built by the asset layer from the gradient store, RDS+
+Each algorithm is a `Strategy` (round_robin, doubly_greedy, uot, knn_uniform, knn_kde) whose
+settings name the representation (less, rds, embed, bm25). The similarity comes from
+`Candidates.targeted(representation)`, which the asset layer builds from the gradient store, RDS+
 features, the embedder or BM25 (curation_assets/targeted_inputs.py)."""
 
 from __future__ import annotations
@@ -13,24 +15,36 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from curation_assets.methods import tis_selection as tis
+from curation_assets.methods.plugin import Budget, Candidates, Picked, Settings, Strategy
 
 VERSION = "1"
 ALGORITHMS = ("round_robin", "doubly_greedy", "uot", "knn_uniform", "knn_kde")
 REPRESENTATIONS = ("less", "rds", "embed", "bm25")
+LESS_ASSETS = frozenset({"query_set", "warmup_adapter", "gradient_store"})
 
 
-class TargetedSettings(BaseModel):
-    """Settings of every targeted strategy."""
-
-    model_config = {"extra": "forbid"}
+class TargetedSettings(Settings):
+    """Settings of every targeted strategy: the representation its similarity comes from."""
 
     representation: Literal["less", "rds", "embed", "bm25"] = Field("less", description="less (gradient store), rds (RDS+ of the target model), embed (the embedder), bm25.")
-    uot_candidates_per_query: int | None = Field(2000, description="uot: the kernel kept on each query's top candidates from faiss; null = POT on the dense matrix (small pools).")
-    knn_neighbours: int = Field(tis.TSDS_L, description="knn_uniform: neighbours prefetched per query (TSDS L = 5000).")
-    kde_strict_guard: bool = Field(False, description="knn_kde: fail, as the reference does, when fewer than 10,000 candidates get mass (default: a warning).")
+
+
+class UotSettings(TargetedSettings):
+    uot_candidates_per_query: int | None = Field(2000, description="The kernel kept on each query's top candidates from faiss; null = POT on the dense matrix (small pools).")
+
+
+class KnnUniformSettings(TargetedSettings):
+    knn_neighbours: int = Field(tis.TSDS_L, description="Neighbours prefetched per query (TSDS L = 5000).")
+
+
+class KnnKdeSettings(TargetedSettings):
+    kde_strict_guard: bool = Field(False, description="Fail, as the reference does, when fewer than 10,000 candidates get mass (default: a warning).")
+
+
+SETTINGS = {"round_robin": TargetedSettings, "doubly_greedy": TargetedSettings, "uot": UotSettings, "knn_uniform": KnnUniformSettings, "knn_kde": KnnKdeSettings}
 
 
 @dataclass
@@ -120,7 +134,47 @@ def run(algorithm: str, inputs: TargetedInputs, budget: int, settings: TargetedS
         "target_round": rounds,
         "nearest_query": [int(qid[q]) if q >= 0 else None for q in near_query],
         "nearest_query_similarity": [None if np.isnan(x) else float(x) for x in near_sim],
+        "nearest_task": near_task,
         "representation": [inputs.representation] * n,
     }
     info = {**(result.info or {}), "warnings": [str(w.message) for w in caught]}
     return TargetedPick(order, gain, result.score_name, reason, set(inputs.missing), columns, near_sim, near_task, claimed_task, info)
+
+
+def _pick(algorithm: str) -> Callable[[Candidates, Budget, TargetedSettings], Picked]:
+    def pick(c: Candidates, budget: Budget, s: TargetedSettings) -> Picked:
+        if c.targeted is None:
+            raise ValueError(f"{algorithm} needs the target queries (query_set) and a representation; this run has none")
+        result = run(algorithm, c.targeted(s.representation), budget.rows, s, c.n)
+        for message in result.info.get("warnings", []):
+            c.log(f"warning: {message}")
+        picked = set(result.order)
+        return Picked(
+            result.order, result.gain, result.gain_name,
+            reason={i: r for i, r in result.reason.items() if i not in picked},
+            ineligible=result.ineligible,
+            selected_reason={i: result.reason[i] for i in result.order},
+            columns=result.columns,
+            subset_columns=("target_task", "target_query", "target_similarity"),
+            summary={k: float(v) for k, v in result.info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+        )
+
+    return pick
+
+
+def _needs(s: TargetedSettings) -> frozenset[str]:
+    return LESS_ASSETS if s.representation == "less" else frozenset({"query_set"})
+
+
+DESCRIPTIONS = {
+    "round_robin": "TIS round robin: each query in turn claims its most similar unclaimed row.",
+    "doubly_greedy": "TIS doubly greedy: rows by their highest similarity to any query.",
+    "uot": "TIS unbalanced optimal transport (POT) from the queries to the pool; rows by the mass they receive.",
+    "knn_uniform": "TSDS k-NN (uniform): mass 1/(K M) on each query's K nearest rows, K by the TSDS stop rule.",
+    "knn_kde": "TSDS k-NN with the KDE density correction among candidates.",
+}
+
+TARGETED_STRATEGIES = tuple(
+    Strategy(name=a, description=DESCRIPTIONS[a], settings=SETTINGS[a], version=VERSION, pick=_pick(a), fills=frozenset({"gain", "eligible"}), needs=_needs)
+    for a in ALGORITHMS
+)
