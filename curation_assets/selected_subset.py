@@ -197,7 +197,9 @@ def _subset_metadata(subset: pl.DataFrame, reasons: pl.DataFrame, c: Candidates,
         "candidates": c.n,
         "budget": rule,
         "strategy": strategy.name,
-        "config": dg.MetadataValue.json(cfg.model_dump(mode="json")),
+        # The chosen strategy and its own settings only, not every strategy's fields.
+        "config": dg.MetadataValue.json({**cfg.model_dump(mode="json", exclude={"strategy"}), "strategy": strategy.name,
+                                         "settings": cfg.strategy.model_dump(mode="json", exclude={"strategy"})}),
         "reasons_sample": ui.md(sample.select("row_id", "selected", "rank", "gain", "reason", "tree_path", "nearest_similarity"), 60),
         **stats,
     }

@@ -194,8 +194,10 @@ def test_headless_summary_tells_the_truth_and_a_rerun_repairs(tmp_path, monkeypa
     """A shard whose instance_scores fails: the summary's per-shard table says so, the global assets
     run without it (its rows are not in the selection) and the exit code is 1. A truncated output
     is re-materialized by the next `curate run`, which then exits 0."""
-    import curation_assets.instance_scores as scores_module
+    import dataclasses
+
     from curation_assets.cli import main
+    from curation_assets.methods import registry
 
     dagster_home = tmp_path / "dagster_home"
     dagster_home.mkdir()
@@ -213,14 +215,14 @@ def test_headless_summary_tells_the_truth_and_a_rerun_repairs(tmp_path, monkeypa
     write_jsonl(pool / "good.jsonl", [{"instruction": f"Explain topic {i} clearly.", "output": f"Topic {i} is simple."} for i in range(8)])
     write_jsonl(pool / "bad.jsonl", [{"instruction": f"POISON question {i}?", "output": f"Reply {i}."} for i in range(4)])
 
-    real = scores_module._columns
+    real = registry.SCORE_METHODS["ifd"]
 
-    def fails_on_poison(method, rows, *args, **kwargs):
+    def fails_on_poison(rows, settings, model):
         if rows["instruction"].str.contains("POISON").any():
             raise RuntimeError("scorer crashed on this shard")
-        return real(method, rows, *args, **kwargs)
+        return real.compute(rows, settings, model)
 
-    monkeypatch.setattr(scores_module, "_columns", fails_on_poison)
+    monkeypatch.setitem(registry.SCORE_METHODS, "ifd", dataclasses.replace(real, compute=fails_on_poison))
     assert main(["run", str(pool), "--config", str(config), "--home", str(home)]) == 1
     err = capsys.readouterr().err
     [bad_line] = [line for line in err.splitlines() if line.startswith("bad.jsonl@")]
@@ -233,7 +235,7 @@ def test_headless_summary_tells_the_truth_and_a_rerun_repairs(tmp_path, monkeypa
     assert reasons.join(pool_rows.filter(pl.col("instruction").str.contains("POISON")), on="row_id", how="semi").is_empty()
 
     # The fault is gone and the good shard's scores were truncated: a plain `curate run` repairs both.
-    monkeypatch.setattr(scores_module, "_columns", real)
+    monkeypatch.setitem(registry.SCORE_METHODS, "ifd", real)
     [good_scores] = (home / "assets" / "instance_scores").glob("good.jsonl@*.parquet")
     with open(good_scores, "r+b") as f:
         f.truncate(good_scores.stat().st_size // 2)
