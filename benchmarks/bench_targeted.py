@@ -5,7 +5,9 @@
    TRAK BasicProjector every 16 rows), same model, adapter, Adam state and projection seed; prints
    samples/s of both, the ratio and the features' cosine.
 2. Selection over N candidates x M queries (default 1,000,000 x 1,000) with faiss, the pool in
-   fp16 on disk (memory-mapped), read in chunks: time and peak memory of each TIS algorithm.
+   fp16 on disk (memory-mapped), read in chunks: time and peak memory of each TIS algorithm; then
+   the reference layout (the whole S in memory, as TIS's sim_subset.py) when it fits, with the
+   ratio and whether both pick the same rows.
 
     python benchmarks/bench_targeted.py gradients [--rows 64] [--device cuda]
     python benchmarks/bench_targeted.py selection [--pool 1000000 --queries 1000 --dim 256]
@@ -103,7 +105,7 @@ def bench_gradients(args) -> None:
 
 def bench_selection(args) -> None:
     from curation_assets.methods import tis_selection as tis
-    from curation_assets.methods.similarity_search import FaissSimilarity, array_chunks
+    from curation_assets.methods.similarity_search import DenseSimilarity, FaissSimilarity, array_chunks
 
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
@@ -128,14 +130,38 @@ def bench_selection(args) -> None:
                 ("knn_uniform (L 5000)", lambda: tis.knn_uniform(source, args.budget))]
         if args.kde:
             runs.append(("knn_kde", lambda: tis.knn_kde(source, tis.weighted_neighbour_sims([features], [1.0]), args.budget)))
+        timings, orders = {}, {}
         for name, fn in runs:
             start = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 result = fn()
-            print(f"{name:<26} {time.perf_counter() - start:8.1f} s   picked {len(result.order):,}   peak RSS {peak_rss_gib():.2f} GiB (before: {base:.2f})", flush=True)
+            timings[name], orders[name] = time.perf_counter() - start, np.asarray(result.order)
+            print(f"{name:<26} {timings[name]:8.1f} s   picked {len(result.order):,}   peak RSS {peak_rss_gib():.2f} GiB (before: {base:.2f})", flush=True)
         dense_gib = args.pool * args.queries * 4 / 2**30
         print(f"a dense S would take {dense_gib:.1f} GiB in float32; the first search filled the top lists that later algorithms slice")
+        if dense_gib > args.dense_limit_gib:
+            print(f"reference layout (dense S in memory) skipped: {dense_gib:.1f} GiB > --dense-limit-gib {args.dense_limit_gib}")
+            return
+        # The reference layout (TIS sim_subset.py): the whole S = Q X^T in memory, then the same algorithms.
+        start = time.perf_counter()
+        dense = np.empty((args.queries, args.pool), dtype=np.float32)
+        for s0 in range(0, args.pool, args.chunk):
+            dense[:, s0:s0 + args.chunk] = queries @ features[s0:s0 + args.chunk].astype(np.float32).T
+        build = time.perf_counter() - start
+        reference = DenseSimilarity(dense)
+        print(f"reference layout: dense S built in {build:.1f} s, peak RSS {peak_rss_gib():.2f} GiB")
+        dense_runs = [("round_robin", lambda: tis.round_robin(reference, args.budget)), ("doubly_greedy", lambda: tis.doubly_greedy(reference, args.budget)),
+                      ("knn_uniform (L 5000)", lambda: tis.knn_uniform(reference, args.budget))]
+        for name, fn in dense_runs:
+            start = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                result = fn()
+            seconds = time.perf_counter() - start
+            ours = timings[name]
+            print(f"{name:<26} dense {seconds + build:8.1f} s (S {build:.1f} s + {seconds:.1f} s)   ours {ours:8.1f} s   ratio dense/ours {(seconds + build) / ours:6.2f}x   "
+                  f"same picks: {np.array_equal(result.order, orders[name])} (same set: {len(set(result.order.tolist()) & set(orders[name].tolist())) / max(len(result.order), 1):.4f})", flush=True)
 
 
 def main() -> None:
@@ -160,6 +186,7 @@ def main() -> None:
     s.add_argument("--chunk", type=int, default=131_072)
     s.add_argument("--kde", action="store_true", help="also KNN-KDE (heavy: the KDE runs over up to M x 5000 prefetched candidates)")
     s.add_argument("--tmp", default=None)
+    s.add_argument("--dense-limit-gib", type=float, default=8.0, help="also time the reference layout (dense S in memory) when it fits")
     args = parser.parse_args()
     bench_gradients(args) if args.what == "gradients" else bench_selection(args)
 

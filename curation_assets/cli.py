@@ -4,12 +4,14 @@
     curate why ROW [--home DIR] [--json]                            one sample's story, source to decision
     curate export [--format F ...] [--out DIR] [--home DIR]         write the subset for training
     curate compare [--home DIR] [--json]                            subset vs baselines vs base model, per task
+    curate report [--out FILE] [--home DIR]                         one self-contained HTML page to share
 
 Every command reads the project config: `--config FILE`, else `$CURATION_CONFIG`, else
 ./curation.yaml (the file `dagster dev` loads too); `--home` overrides its data home.
 """
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -98,6 +100,34 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+SECRET_KEY = re.compile(r"key|token|secret|password", re.IGNORECASE)
+
+
+def _shown(settings):
+    """Settings for the report: values of secret-looking keys hidden ({env: NAME} stays, it is a name)."""
+    if isinstance(settings, dict):
+        return {k: ("[hidden]" if SECRET_KEY.search(str(k)) and not isinstance(v, dict) and v is not None else _shown(v)) for k, v in settings.items()}
+    return settings
+
+
+def _report(args: argparse.Namespace) -> int:
+    from curation_assets.headless import open_instance
+    from curation_assets.report import build_report
+
+    config = _config(args)
+    storage = _storage(args)
+    try:
+        page = build_report(storage, open_instance(), _shown({"config_file": str(config.path), "assets": config.assets, "resources": config.resources}))
+    except FileNotFoundError as exc:
+        print(f"curate report: {exc}", file=sys.stderr)
+        return 1
+    out = Path(args.out) if args.out else storage.exports / "selection_report.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    print(f"report: {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="curate", description="Instruction-data curation, headless.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -124,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     compare.add_argument("--config", help="the run's YAML config (for its home)")
     compare.add_argument("--json", action="store_true", help="machine-readable output")
     compare.set_defaults(func=_compare)
+    report = sub.add_parser("report", help="write one self-contained HTML page: settings, summaries, pictures, reasons")
+    report.add_argument("--out", help="output file (default <home>/exports/selection_report.html)")
+    report.add_argument("--home", help="project data folder")
+    report.add_argument("--config", help="project config (default $CURATION_CONFIG or ./curation.yaml)")
+    report.set_defaults(func=_report)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -80,6 +80,7 @@ def build_assets(asset_config: dict | None = None, resource_config: dict | None 
         gradient_store.gradient_store,
         built("selected_subset", lambda: selected_subset.build_asset(asset_config.get("selected_subset"))),
         selected_subset.subset_export,
+        selected_subset.selection_report,
         subset_training.subset_model,
         subset_training.subset_evaluation,
     ]
@@ -117,6 +118,8 @@ def executor_from_env() -> dg.ExecutorDefinition | None:
     return None
 
 
+SHARD_JOB, GLOBAL_JOB = "shard_assets", "global_assets"
+
 # Assets that only some configs read (targeted selection): materialized on demand, never awaited.
 OPTIONAL_ASSETS = ("query_set", "warmup_adapter", "gradient_store")
 
@@ -151,8 +154,16 @@ def build_definitions(home: str | None = None, resource_config: dict | None = No
             asset_config["selected_subset"] = selected_subset.nested_config(asset_config["selected_subset"])
         except ValueError as exc:
             raise ValueError(f"{source}: assets.{exc}" if str(exc).startswith("selected_subset") else f"{source}: assets.selected_subset: {exc}") from exc
+    assets = automate(with_config_defaults(build_assets(asset_config, resource_config, source), asset_config, source))
+    shard_keys = [k for a in assets if isinstance(a, dg.AssetsDefinition) and a.partitions_def == pool_shards for k in a.keys]
     return dg.Definitions(
-        assets=automate(with_config_defaults(build_assets(asset_config, resource_config, source), asset_config, source)),
+        assets=assets,
+        # One job per partitioning (Dagster's implicit job cannot be rebuilt by name in a worker):
+        # what `curate run` submits to the celery workers, and a way to run either half in the UI.
+        jobs=[
+            dg.define_asset_job(SHARD_JOB, selection=dg.AssetSelection.assets(*shard_keys), partitions_def=pool_shards),
+            dg.define_asset_job(GLOBAL_JOB, selection=dg.AssetSelection.all() - dg.AssetSelection.assets(*shard_keys)),
+        ],
         asset_checks=CHECKS,
         sensors=SENSORS,
         resources=build_resources(home, resource_config),
@@ -167,3 +178,13 @@ def project_definitions(config: ProjectConfig | None = None) -> dg.Definitions:
 
 
 defs = project_definitions()
+
+
+def shard_job() -> dg.JobDefinition:
+    """The per-shard assets' job, rebuilt from `CURATION_CONFIG` in whichever process asks (the
+    celery workers, through `dg.reconstructable`)."""
+    return defs.get_job_def(SHARD_JOB)
+
+
+def global_job() -> dg.JobDefinition:
+    return defs.get_job_def(GLOBAL_JOB)

@@ -169,11 +169,10 @@ def _execute(job, instance, *, asset_selection, run_config, partition_key=None, 
         )
         return result.success, "" if result.success else _first_error(result)
     tags = {**(tags or {}), **({"dagster/partition": partition_key} if partition_key else {})}
-    from dagster._core.definitions.reconstruct import ReconstructableRepository
+    from curation_assets.definitions import global_job, shard_job
 
-    repository = ReconstructableRepository.for_module("curation_assets.definitions", "defs", working_directory=os.getcwd())
     with dg.execute_job(
-        repository.get_reconstructable_job(job.name), instance, run_config=run_config, tags=tags, asset_selection=asset_selection, raise_on_error=False
+        dg.reconstructable(shard_job if partition_key else global_job), instance, run_config=run_config, tags=tags, asset_selection=asset_selection, raise_on_error=False
     ) as result:
         return result.success, "" if result.success else _first_error(result)
 

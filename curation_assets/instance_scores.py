@@ -71,7 +71,7 @@ def _metadata(scores: pl.DataFrame, rows: pl.DataFrame, stats: dict, versions: d
     meta = {
         "dagster/row_count": scores.height,
         "config": dg.MetadataValue.json({**config.model_dump(mode="json", exclude={"methods"}), "methods": chosen_methods(config)}),
-        "cache": ui.md(pl.DataFrame([{"method": m, **s, "version": versions[m]} for m, s in stats.items()])),
+        "cache": ui.table(pl.DataFrame([{"method": m, **s, "version": versions[m]} for m, s in stats.items()])),
         "dagster/column_schema": dg.TableSchema(columns=[
             dg.TableColumn(name, str(c.dtype), description=f"{m.name}: {c.description}") for m in chosen for name, c in m.columns.items()
         ]),
@@ -87,12 +87,12 @@ def _metadata(scores: pl.DataFrame, rows: pl.DataFrame, stats: dict, versions: d
     if "ifd_ppl" in scores.columns:
         view = scores.select("row_id", "ifd_ppl").join(rows.select("row_id", "instruction", "response"), on="row_id").filter(pl.col("ifd_ppl").is_not_nan())
         valid = view.filter(pl.col("ifd_ppl") < 1)
-        meta["highest_ifd_below_1"] = ui.md(valid.sort("ifd_ppl", descending=True).head(5), 70)
-        meta["lowest_ifd"] = ui.md(view.sort("ifd_ppl").head(5), 70)
+        meta["highest_ifd_below_1"] = ui.table(valid.sort("ifd_ppl", descending=True).head(5), 160)
+        meta["lowest_ifd"] = ui.table(view.sort("ifd_ppl").head(5), 160)
     notes = [c for m in chosen for c in m.notes if c in scores.columns]
     if notes:
         reasons = pl.concat([scores.select(pl.lit(c).alias("column"), pl.col(c).alias("reason")).drop_nulls("reason") for c in notes])
-        meta["notes"] = ui.md(reasons.group_by("column", "reason").len().sort("len", descending=True))
+        meta["notes"] = ui.table(reasons.group_by("column", "reason").len().sort("len", descending=True))
     return meta
 
 
@@ -261,7 +261,7 @@ def comparative_scores(
             "judge_calls_now": stats.computed,
             "judge_calls_reused": stats.reused,
             "failed_judgements": table.height - scored.height,
-            "failures_by_reason": ui.md(table.drop_nulls("error").group_by("error").len()),
+            "failures_by_reason": ui.table(table.drop_nulls("error").group_by("error").len()),
             "clusters_without_partner": unpaired,
             "score_histogram": ui.histogram({"score": scored["score"].to_numpy()}, "Comparative scores (0-100)", "score", bins=20) if scored.height else dg.MetadataValue.text("no scores"),
             "judge": dg.MetadataValue.json(judge.generation_key()),

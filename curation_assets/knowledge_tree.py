@@ -157,7 +157,7 @@ def knowledge_tree(
             "dagster/row_count": nodes.height,
             "leaves": len(labels),
             "depth": int(nodes["depth"].max() or 0),
-            "nodes_per_depth": ui.md(per_depth),
+            "nodes_per_depth": ui.table(per_depth),
             "tree": dg.MetadataValue.md(ui.tree_markdown(nodes)),
             "sunburst": ui.sunburst(nodes) if len(labels) else dg.MetadataValue.text("empty tree"),
             "quality": quality_table(quality),

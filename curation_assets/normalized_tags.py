@@ -54,9 +54,9 @@ def _metadata(rows: pl.DataFrame, vocabulary: pl.DataFrame, settings: Normalizat
         "dagster/row_count": rows.height,
         "rows_without_tags": int((rows["n_canonical"] == 0).sum()),
         "labelset_representatives": int(rows["labelset_representative"].sum()),
-        "vocabulary": ui.counts_md(vocab_sizes, "stage", "tags"),
-        "top_canonical_tags": ui.md(top.rename({"canonical_tags": "tag", "len": "rows"})),
-        "cluster_sizes": ui.md(cluster_table.head(50)),
+        "vocabulary": ui.counts(vocab_sizes, "stage", "tags"),
+        "top_canonical_tags": ui.table(top.rename({"canonical_tags": "tag", "len": "rows"})),
+        "cluster_sizes": ui.table(cluster_table.head(50)),
         "settings": dg.MetadataValue.json(settings.__dict__),
         "tree_leaves": rows["tree_tags"].explode().drop_nulls().n_unique(),
     }
@@ -67,8 +67,8 @@ def _metadata(rows: pl.DataFrame, vocabulary: pl.DataFrame, settings: Normalizat
     dropped = vocabulary.group_by("dropped_reason").len().drop_nulls()
     vocab_meta = {
         "dagster/row_count": vocabulary.height,
-        "dropped_by_reason": ui.md(dropped.rename({"len": "raw tags"})),
-        "preview": ui.md(vocabulary.head(15)),
+        "dropped_by_reason": ui.table(dropped.rename({"len": "raw tags"})),
+        "preview": ui.table(vocabulary.head(15)),
     }
     return row_meta, vocab_meta
 

@@ -48,8 +48,8 @@ def _metadata(tags: pl.DataFrame, stats, tagger: TaggerResource) -> dict:
         **stats.metadata(),
         "failed_rows": failed.height,
         "skipped_rows": int((tags["status"] == "skipped").sum()),
-        "failed_by_reason": ui.md(reasons.rename({"error": "reason", "len": "rows"})),
-        "top_tags": ui.md(top.rename({"tags": "tag", "len": "rows"})),
+        "failed_by_reason": ui.table(reasons.rename({"error": "reason", "len": "rows"})),
+        "top_tags": ui.table(top.rename({"tags": "tag", "len": "rows"})),
         "tags_per_row": float(per_row.mean() or 0),
         "tagger": dg.MetadataValue.json({"version": tagger.version(), "backend": tagger.backend, "model": tagger.model if tagger.backend != "keyphrase" else tagger.embedder_model, "prompt_style": tagger.prompt_style}),
     }

@@ -126,21 +126,20 @@ def with_config_defaults(assets: list[dg.AssetsDefinition], settings: dict[str, 
 
 
 def _replace_config(asset: dg.AssetsDefinition, values: dict, where: str) -> dg.AssetsDefinition:
-    from dagster._core.definitions.assets.definition.assets_definition import AssetsDefinition
-
+    # Dagster has no public way to set an op's config defaults after the decorator ran, so this
+    # rebuilds the definition with the op's schema replaced (README: "Still hand-written").
     op = asset.node_def
     schema = _with_defaults(op.config_schema.as_field(), values, where)
     new_op = op.with_replaced_properties(name=op.name, config_schema=schema)
-    return AssetsDefinition.dagster_internal_init(**{**asset.get_attributes_dict(), "node_def": new_op})
+    return dg.AssetsDefinition.dagster_internal_init(**{**asset.get_attributes_dict(), "node_def": new_op})
 
 
 def _with_defaults(fld, value, where: str):
     """`fld` (a Dagster config field) with `value` as its default; shapes recurse so that a
     partial run config still takes the project's value for the fields it leaves out."""
-    from dagster._config import ConfigTypeKind, Field, Shape, validate_config
+    from dagster._config import validate_config  # the one config check that takes a type, not a job
 
-    kind = fld.config_type.kind
-    if isinstance(value, dict) and kind == ConfigTypeKind.STRICT_SHAPE:
+    if isinstance(value, dict) and isinstance(fld.config_type, dg.Shape):
         fields = dict(fld.config_type.fields)
         unknown = set(value) - set(fields)
         if unknown:
@@ -149,10 +148,10 @@ def _with_defaults(fld, value, where: str):
         # Each field's own default (the project's value, else the code's): a one-of field such as
         # selected_subset's `strategy` is replaced whole, never merged with the code default.
         default = {k: f.default_value for k, f in sub.items() if f.default_provided}
-        shape = Shape(sub, field_aliases=getattr(fld.config_type, "field_aliases", None))
-        return Field(shape, default_value=default, is_required=False, description=fld.description)
+        shape = dg.Shape(sub, field_aliases=getattr(fld.config_type, "field_aliases", None))
+        return dg.Field(shape, default_value=default, is_required=False, description=fld.description)
     result = validate_config(fld.config_type, value)
     if not result.success:
         raise ValueError(f"{where}: {'; '.join(e.message for e in result.errors)}")
-    return Field(fld.config_type, default_value=value, is_required=False, description=fld.description)
+    return dg.Field(fld.config_type, default_value=value, is_required=False, description=fld.description)
 

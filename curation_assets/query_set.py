@@ -74,7 +74,7 @@ def query_set(config: QuerySetConfig) -> dg.MaterializeResult:
     return dg.MaterializeResult(value=rows, metadata={
         "dagster/row_count": rows.height,
         "tasks": per_task.height,
-        "queries_per_task": ui.md(per_task),
-        "preview": ui.md(rows.head(6).select("query_id", "task", "prompt", "answer"), 60),
+        "queries_per_task": ui.table(per_task),
+        "preview": ui.table(rows.head(6).select("query_id", "task", "prompt", "answer"), 160),
         "config": dg.MetadataValue.json(config.model_dump()),
     })

@@ -83,8 +83,8 @@ def _pool_metadata(pool: pl.DataFrame | pl.LazyFrame, summary, source: str, opti
         "pool_rows": stats["rows"] - stats["duplicates"],
         "duplicates": stats["duplicates"],
         "quarantined": summary.quarantined,
-        "rows_per_shape": ui.counts_md(dict(shapes.iter_rows()), "shape"),
-        "preview": ui.md(preview, 60),
+        "rows_per_shape": ui.counts(dict(shapes.iter_rows()), "shape"),
+        "preview": ui.table(preview, 160),
         "lengths": ui.histogram(
             {"instruction": lengths["instruction_chars"], "response": lengths["response_chars"]},
             "Length of canonical rows",
@@ -101,8 +101,8 @@ def _quarantine_metadata(quarantine: pl.DataFrame) -> dict:
     examples = quarantine.group_by("reason", maintain_order=True).first().select("reason", "source_row", "detail")
     return {
         "dagster/row_count": quarantine.height,
-        "top_reasons": ui.counts_md(dict(reasons.head(10).iter_rows()), "reason"),
-        "examples": ui.md(examples.head(10), 80),
+        "top_reasons": ui.counts(dict(reasons.head(10).iter_rows()), "reason"),
+        "examples": ui.table(examples.head(10), 160),
     }
 
 

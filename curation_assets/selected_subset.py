@@ -14,6 +14,7 @@ from curation_assets.automation import global_refresh, global_table
 from curation_assets.method_config import strategy_config_class
 from curation_assets.methods.explain import budget_rule, explain
 from curation_assets.methods.export import export_subset
+from curation_assets.methods.fileio import atomic_path
 from curation_assets.methods.plugin import Budget, Candidates, Strategy, version_hash
 from curation_assets.methods.registry import STRATEGIES, offered_scores
 from curation_assets.methods.selection import instag_metrics, resolve_budget
@@ -200,7 +201,7 @@ def _subset_metadata(subset: pl.DataFrame, reasons: pl.DataFrame, c: Candidates,
         # The chosen strategy and its own settings only, not every strategy's fields.
         "config": dg.MetadataValue.json({**cfg.model_dump(mode="json", exclude={"strategy"}), "strategy": strategy.name,
                                          "settings": cfg.strategy.model_dump(mode="json", exclude={"strategy"})}),
-        "reasons_sample": ui.md(sample.select("row_id", "selected", "rank", "gain", "reason", "tree_path", "nearest_similarity"), 60),
+        "reasons_sample": ui.table(sample.select("row_id", "selected", "rank", "gain", "reason", "tree_path", "nearest_similarity")),
         **stats,
     }
     if "canonical_tags" in c.rows.columns:  # InsTag's complexity (tags per row) and diversity (tag coverage)
@@ -220,7 +221,7 @@ def _reasons_metadata(reasons: pl.DataFrame) -> dict:
     return {
         "dagster/row_count": reasons.height,
         "selected": int(reasons["selected"].sum()),
-        "not_selected_by_reason": ui.md(not_selected.group_by("why").len().sort("len", descending=True).head(10)),
+        "not_selected_by_reason": ui.table(not_selected.group_by("why").len().sort("len", descending=True).head(10)),
     }
 
 
@@ -261,3 +262,22 @@ def selected_subset_checks(context: dg.AssetCheckExecutionContext, selected_subs
 def subset_export(selected_subset: pl.DataFrame, storage: CurationStorage) -> dg.MaterializeResult:
     written = export_subset(selected_subset, storage.exports / "selected_subset")
     return dg.MaterializeResult(metadata={"rows": selected_subset.height, **{fmt: dg.MetadataValue.path(str(path)) for fmt, path in written.items()}})
+
+
+@dg.asset(
+    group_name="selection",
+    kinds={"html"},
+    deps=["selected_subset", "selection_reasons"],
+    automation_condition=global_refresh(),
+    description="One self-contained HTML page to share: the settings, pool and subset summaries, the pictures and a sample of reasons.",
+)
+def selection_report(context: dg.AssetExecutionContext, storage: CurationStorage) -> dg.MaterializeResult:
+    from curation_assets.report import build_report
+
+    event = context.instance.get_latest_materialization_event(dg.AssetKey("selected_subset"))
+    config = event.asset_materialization.metadata.get("config") if event and event.asset_materialization else None
+    page = build_report(storage, context.instance, {"selected_subset": config.value} if config is not None else None)
+    path = storage.exports / "selection_report.html"
+    with atomic_path(path) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(path)), "bytes": len(page.encode())})

@@ -230,7 +230,7 @@ def subset_model(
                            pl.col("losses").list.last().round(4).alias("final_loss"), "cached", "subset_hash")
     return dg.Output(table, metadata={
         "dagster/row_count": table.height,
-        "adapters": ui.md(summary),
+        "adapters": ui.table(summary),
         "loss_curves": _loss_plot(table),
         "budget": f"{size:,} rows (the selected subset's size) for every variant",
         "strategy": strategy,
@@ -363,7 +363,7 @@ def subset_evaluation(context: dg.AssetExecutionContext, config: SubsetEvaluatio
     tokens_per_second = table.filter(~pl.col("cached"))["loss_tokens_per_second"].mean() if (~table["cached"]).any() else None
     return dg.Output(table, metadata={
         "dagster/row_count": table.height,
-        "comparison": ui.md(compare),
+        "comparison": ui.table(compare),
         "comparison_plot": _comparison_plot(table),
         "budget": f"{int(subset_model['rows'][0]):,} rows per adapter",
         "strategy": str(subset_model["strategy"][0]),

@@ -149,7 +149,7 @@ def task_metadata(reasons: pl.DataFrame) -> dict:
     """Per task: the nearest-query similarity of the pool against the subset's; the subset's split across tasks."""
     split = reasons.filter(pl.col("selected")).group_by("target_task").len().sort("len", descending=True)
     meta = {
-        "subset_by_task": ui.md(split.rename({"target_task": "task", "len": "rows"})),
+        "subset_by_task": ui.table(split.rename({"target_task": "task", "len": "rows"})),
         "subset_split_plot": ui.bar_chart([str(t) for t in split["target_task"]], split["len"].to_list(), "Subset rows claimed per task", "rows"),
     }
     tasks = sorted(reasons["nearest_task"].drop_nulls().unique().to_list())

@@ -1,34 +1,55 @@
-"""Metadata a person reads at a glance in the Dagster UI: markdown tables and small PNG plots."""
+"""Metadata a person reads at a glance in the Dagster UI: typed tables and small PNG plots."""
 
 from __future__ import annotations
 
 import base64
 import io
+import math
 from collections.abc import Sequence
 
 import dagster as dg
 import numpy as np
+import orjson
 import polars as pl
 
 
 def _cell(value, width: int) -> str:
     text = "" if value is None else str(value)
-    text = text.replace("\n", " ").replace("|", "\\|")
+    text = text.replace("\n", " ")
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def md_table(df: pl.DataFrame, width: int = 80) -> str:
-    """A markdown table of `df` with cells cut to `width` characters."""
-    if df.is_empty():
-        return "_(empty)_"
-    header = "| " + " | ".join(df.columns) + " |"
-    rule = "| " + " | ".join("---" for _ in df.columns) + " |"
-    rows = ["| " + " | ".join(_cell(v, width) for v in row) + " |" for row in df.iter_rows()]
-    return "\n".join([header, rule, *rows])
+def _record_value(value, width: int | None):
+    """A table cell: numbers rounded to 4 significant digits, lists joined, text cut only past `width`."""
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, float):
+        return None if math.isnan(value) else float(f"{value:.4g}")
+    if isinstance(value, (list, tuple)):
+        value = ", ".join(str(v) for v in value)
+    elif isinstance(value, dict):
+        value = orjson.dumps(value, default=str).decode()
+    text = str(value)
+    return _cell(text, width) if width else text
 
 
-def md(df: pl.DataFrame, width: int = 80) -> dg.MetadataValue:
-    return dg.MetadataValue.md(md_table(df, width))
+_TABLE_TYPES = {pl.Boolean: "bool", pl.String: "string"}
+
+
+def _column_type(dtype: pl.DataType) -> str:
+    if dtype.is_integer():
+        return "int"
+    if dtype.is_float():
+        return "float"
+    return _TABLE_TYPES.get(dtype, "string")
+
+
+def table(df: pl.DataFrame, width: int | None = None, descriptions: dict[str, str] | None = None) -> dg.MetadataValue:
+    """`df` as a Dagster table (sortable in the UI, typed columns); text cells cut past `width` characters."""
+    descriptions = descriptions or {}
+    schema = dg.TableSchema(columns=[dg.TableColumn(c, _column_type(t), description=descriptions.get(c)) for c, t in df.schema.items()])
+    records = [dg.TableRecord({c: _record_value(v, width) for c, v in row.items()}) for row in df.iter_rows(named=True)]
+    return dg.MetadataValue.table(records, schema=schema)
 
 
 def png_md(fig, alt: str = "plot") -> dg.MetadataValue:
@@ -82,9 +103,8 @@ def bar_chart(labels: Sequence[str], values: Sequence[float], title: str, xlabel
     return png_md(fig, title)
 
 
-def counts_md(counts: dict[str, int], key: str = "value", value: str = "rows") -> dg.MetadataValue:
-    df = pl.DataFrame({key: list(counts), value: list(counts.values())}) if counts else pl.DataFrame()
-    return md(df)
+def counts(counts: dict[str, int], key: str = "value", value: str = "rows") -> dg.MetadataValue:
+    return table(pl.DataFrame({key: list(counts), value: list(counts.values())}, schema={key: pl.String, value: pl.Int64}))
 
 
 def _children(nodes: pl.DataFrame) -> dict:

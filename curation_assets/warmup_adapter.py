@@ -96,7 +96,7 @@ def warmup_adapter(context: dg.AssetExecutionContext, config: WarmupConfig, targ
     })
     return dg.MaterializeResult(value=table, metadata={
         "dagster/row_count": table.height,
-        "checkpoints": ui.md(table.drop("adapter_dir", "optimizer_path", "key")),
+        "checkpoints": ui.table(table.drop("adapter_dir", "optimizer_path", "key")),
         "loss_curve": _loss_plot(result.losses),
         "warmup_rows": f"{result.n_rows:,} of {pool.height:,} pool rows ({result.n_dropped} dropped: no assistant token within max_length)",
         "trainable_parameters": result.trainable_parameters,

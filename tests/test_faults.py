@@ -1,5 +1,5 @@
 """Faults: writes that die midway, shards in flight together, corrupt intermediates, symlinks out
-of the landing folder, failed shards in the headless summary (issue 12 items 2-5, issue 10 item 4)."""
+of the landing folder, failed shards in the headless summary, a killed run (issue 12 items 1-5, issue 10 item 4)."""
 
 import json
 import os
@@ -245,3 +245,77 @@ def test_headless_summary_tells_the_truth_and_a_rerun_repairs(tmp_path, monkeypa
     assert sum(line.startswith(("good.jsonl@", "bad.jsonl@")) and " ok " in line for line in out.splitlines()) == 2
     assert pl.read_parquet(good_scores).height == 8
     assert pl.read_parquet(home / "assets" / "selection_reasons.parquet").height == 12
+
+
+# --------------------------------------------------------------------------- killed runs
+
+
+def wait_for(predicate, timeout: float, what: str, every: float = 0.2):
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.mark.slow
+def test_a_killed_headless_run_frees_its_slot_and_the_rerun_loses_and_repeats_nothing(tmp_path, monkeypatch):
+    """SIGKILL `curate run` (the run's parent: in-process, it also runs the step) in the middle of
+    instance_scores. The run is left STARTED with its `gpu` slot claimed; the next `curate run`
+    fails it, frees the slot, scores only the rows not yet scored, and finishes."""
+    import signal
+    import subprocess
+    import sys
+
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir()
+    (dagster_home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text().replace(".dagster_home", str(dagster_home)))
+    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+    home = tmp_path / "home"
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "resources:\n  scorer: {model: %s}\n"
+        "assets:\n  normalized_tags: {alpha: 1, n_clusters: 2}\n  instance_scores: {methods: [ifd], chunk_rows: 4}\n"
+        "  selected_subset: {strategy: top_k, budget: 0.5, neighbours: false}\n" % (ROOT / "tests" / "fixtures" / "tiny_gpt2")
+    )
+    n = 400
+    pool = write_jsonl(tmp_path / "pool.jsonl", [{"instruction": f"Question number {i} about item {i * 7}?", "output": f"Answer {i}, at length: " + "word " * (i % 30)} for i in range(n)])
+    env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "curation_assets.cli", "run", "--config", str(config), "--home", str(home)]
+    cache = home / "cache" / "instance_scores" / "ifd"
+
+    def cached_rows() -> int:
+        return sum(pl.read_parquet(p).height for p in cache.rglob("*.parquet"))
+
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(command + [str(pool)], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: first.poll() is not None or list(cache.rglob("*.parquet")), 400, "the first scored chunk")
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=60)
+    scored_before = cached_rows()
+    assert 0 < scored_before < n, (tmp_path / "first.log").read_text()[-3000:]
+
+    instance = dg.DagsterInstance.get()
+    [dead] = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+    assert instance.event_log_storage.get_concurrency_info("gpu").claimed_slots  # the slot every later run would wait for
+
+    second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert f"run {dead.run_id}: its process" in second.stdout and "freed 1 concurrency slot" in second.stdout
+    assert instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.FAILURE
+    assert not instance.event_log_storage.get_concurrency_info("gpu").claimed_slots
+
+    # Nothing lost, nothing computed twice: every row scored once, the earlier chunks reused (each
+    # computed chunk is appended to the cache, so a row scored again would appear twice there).
+    [scores_file] = (home / "assets" / "instance_scores").glob("*.parquet")
+    scores = pl.read_parquet(scores_file)
+    assert scores.height == n and scores["row_id"].n_unique() == n and scores["ifd_ppl"].null_count() == 0
+    parts = pl.concat([pl.read_parquet(p) for p in cache.rglob("*.parquet")])
+    assert parts.height == n and parts["row_id"].n_unique() == n
+    assert pl.read_parquet(home / "assets" / "selection_reasons.parquet").height == n

@@ -16,6 +16,7 @@ from curation_assets.methods.ifd import Sample, plain_ifd
 from curation_assets.raw_pool import raw_pool
 from resources.models import ModelNotAvailableError
 from resources.scorer import CausalLMScorerResource
+from metadata import table_text
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -78,17 +79,17 @@ def test_asset_scores_incrementally_and_per_method_version(tmp_path, resources, 
     assert table["noisy_ifd"].list.len().max() == 4
     assert np.isfinite(table["ifd_ppl"][-1])  # the multi-turn row is scored on its last exchange
     assert "data:image/png" in meta["ifd_ppl_histogram"].value and "highest_ifd_below_1" in meta
-    assert "ifd" in meta["cache"].value and meta["scorer"].value["weights"]
+    assert "ifd" in table_text(meta["cache"]) and meta["scorer"].value["weights"]
 
     # A second shard with two rows of the first: only its new row is scored.
     b = ingested_shard(tmp_path, resources, instance, "b.jsonl", rows[:2] + [{"instruction": "Name a color.", "output": "Teal."}])
     meta_b = score(resources, instance, b, config)
     # Its copies of shard a's rows are canonical within b (shards.py decides across files): reused from the cache.
-    assert "| ifd | 2 | 1 |" in meta_b["cache"].value and "| tshirt | 2 | 1 |" in meta_b["cache"].value
+    assert "| ifd | 2 | 1 |" in table_text(meta_b["cache"]) and "| tshirt | 2 | 1 |" in table_text(meta_b["cache"])
 
     # Changing T-SHIRT's settings re-scores T-SHIRT only.
     meta = score(resources, instance, a, {**config, "tshirt_copies": 3})
-    cache = meta["cache"].value
+    cache = table_text(meta["cache"])
     assert "| ifd | 11 | 0 |" in cache and "| tshirt | 0 | 11 |" in cache and "| cherry | 11 | 0 |" in cache
 
 
@@ -96,9 +97,9 @@ def test_changed_model_makes_scores_stale(tmp_path, resources, instance):
     key = ingested_shard(tmp_path, resources, instance, "c.jsonl", [{"instruction": r["instruction"], "output": r["output"]} for r in ROWS[:4]])
     gpt2 = {**resources, "scorer": CausalLMScorerResource(model=str(FIXTURES / "tiny_gpt2"))}
     llama = {**resources, "scorer": CausalLMScorerResource(model=str(FIXTURES / "tiny_llama"))}
-    assert "| ifd | 0 | 4 |" in score(gpt2, instance, key, {"methods": ["ifd"]})["cache"].value
-    assert "| ifd | 0 | 4 |" in score(llama, instance, key, {"methods": ["ifd"]})["cache"].value
-    assert "| ifd | 4 | 0 |" in score(gpt2, instance, key, {"methods": ["ifd"]})["cache"].value
+    assert "| ifd | 0 | 4 |" in table_text(score(gpt2, instance, key, {"methods": ["ifd"]})["cache"])
+    assert "| ifd | 0 | 4 |" in table_text(score(llama, instance, key, {"methods": ["ifd"]})["cache"])
+    assert "| ifd | 4 | 0 |" in table_text(score(gpt2, instance, key, {"methods": ["ifd"]})["cache"])
 
 
 def test_iterit_template_setting(tmp_path):

@@ -8,6 +8,7 @@ import pytest
 
 from conftest import land
 from curation_assets.raw_pool import raw_pool, raw_pool_reconciles
+from metadata import table_text
 
 ASSETS = [raw_pool, raw_pool_reconciles]
 
@@ -39,10 +40,10 @@ def test_materialize_writes_pool_quarantine_and_metadata(tmp_path, resources, in
     assert meta["dagster/row_count"].value == 21
     assert meta["pool_rows"].value == 20 and meta["duplicates"].value == 1 and meta["quarantined"].value == 1
     assert "data:image/png;base64," in meta["lengths"].value
-    assert "Question 0?" in meta["preview"].value and "alpaca" in meta["rows_per_shape"].value
+    assert "Question 0?" in table_text(meta["preview"]) and "alpaca" in table_text(meta["rows_per_shape"])
     assert {c.name for c in meta["dagster/column_schema"].schema.columns} >= {"row_id", "messages", "duplicate_of"}
     qmeta = result.asset_materializations_for_node("raw_pool")[1].metadata
-    assert "missing_field" in qmeta["top_reasons"].value
+    assert "missing_field" in table_text(qmeta["top_reasons"])
 
     [check] = result.get_asset_check_evaluations()
     assert check.passed and check.metadata["input_records"].value == 22 and check.metadata["unaccounted"].value == 0

@@ -79,8 +79,10 @@ def toy_config(home: Path) -> RunConfig:
 
 
 def cache_table(instance, partition: str) -> str:
+    """The cache table's rows as "| method | reused | computed |" lines."""
     records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("instance_scores"), asset_partitions=[partition]), limit=1).records
-    return records[0].asset_materialization.metadata["cache"].value
+    table = records[0].asset_materialization.metadata["cache"]
+    return "\n".join(f"| {r.data['method']} | {r.data['reused']} | {r.data['computed']} |" for r in table.records)
 
 
 @pytest.mark.slow

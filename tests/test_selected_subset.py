@@ -18,6 +18,7 @@ import dataclasses
 from curation_assets.methods import generic, registry, tacos
 from curation_assets.selected_subset import nested_config
 from openai_stub import stub_server
+from metadata import table_text
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "demo"
@@ -80,7 +81,7 @@ def test_checks_pass_and_metadata_shows_coverage(graph):
     assert set(checks) == {"budget_met", "no_duplicates", "traceable_to_source", "coverage"} and all(c.passed for c in checks.values())
     meta = result.asset_materializations_for_node("selected_subset")[0].metadata
     assert "data:image/png" in meta["leaf_coverage_plot"].value and "leaves" in meta["leaf_coverage"].value
-    assert "selected: rank 1" in meta["reasons_sample"].value
+    assert "selected: rank 1" in table_text(meta["reasons_sample"])
     assert meta["tags_per_row"].value > 0 and "of the pool's canonical tags" in meta["tag_coverage"].value
     assert meta["tree_information"].value > 0 and 0 < meta["entropy_depth_1"].value <= 1
 

@@ -138,3 +138,30 @@ def test_curate_why_explains_a_targeted_pick(graph, capsys):
     assert cli.main(["why", subset["row_id"][0][:12], "--home", str(graph[2])]) == 0
     out = capsys.readouterr().out
     assert "SELECTED, rank 1" in out and "claimed by query 0" in out and "TARGETED" in out and "similarity" in out
+
+
+def test_the_demo_config_is_what_the_ui_materializes(tmp_path, monkeypatch):
+    """demo/config-targeted.yaml as the UI loads it (CURATION_CONFIG): the launchpad's defaults are
+    the targeted strategy and the warm-up settings, and query_set materializes with no run config,
+    as the Materialize button sends it."""
+    from curation_assets.definitions import project_definitions
+    from curation_assets.project import ProjectConfig
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("CURATION_CONFIG", str(root / "demo" / "config-targeted.yaml"))
+    config = ProjectConfig.load(None)
+    config.home = str(tmp_path / "home")
+    defs = project_definitions(config)
+    graph = defs.resolve_asset_graph()
+
+    def defaults(key: str) -> dict:
+        return graph.assets_def_for_key(dg.AssetKey(key)).node_def.config_schema.as_field().default_value
+
+    assert defaults("selected_subset")["strategy"] == {"round_robin": {"representation": "less"}}
+    assert defaults("warmup_adapter")["rank"] == 8 and defaults("gradient_store")["proj_dim"] == 1024
+    assert defs.resources["target_model"].model == str(root / "demo" / "scorer")
+    with dg.instance_for_test() as instance:
+        result = defs.resolve_implicit_global_asset_job_def().execute_in_process(instance=instance, asset_selection=[dg.AssetKey("query_set")])
+        assert result.success
+    queries = pl.read_parquet(tmp_path / "home" / "assets" / "query_set.parquet")
+    assert {t.split("/")[0] for t in queries["task"]} == {"gsm8k", "bbh", "mmlu"}

@@ -174,6 +174,24 @@ def test_faiss_source_equals_dense_on_features_with_ties():
         assert tis.knn_uniform(faiss_source, 100).order.tolist() == tis.knn_uniform(dense, 100).order.tolist()
 
 
+def test_a_tie_at_the_cut_refetches_only_its_query_and_only_past_the_tie():
+    """One query whose 3rd and 4th scores tie: only that query is searched again, with a longer
+    list, and the search stops once the list runs past the tie (never the whole pool)."""
+    rng = np.random.default_rng(5)
+    pool = rng.standard_normal((4000, 16)).astype(np.float32)
+    queries = rng.standard_normal((6, 16)).astype(np.float32)
+    top = np.argsort(-(queries[0] @ pool.T))
+    pool[top[3]] = pool[top[2]]  # query 0: ranks 3 and 4 (1-based) tie
+    source = FaissSimilarity(queries, array_chunks(pool, rows=512), len(pool))
+    calls = []
+    search = source._search
+    source._search = lambda q, k: (calls.append((len(q), k)), search(q, k))[1]
+    scores, ids = source.top(np.arange(6), 3)
+    assert calls[0] == (6, 4) and all(n == 1 and k < len(pool) for n, k in calls[1:]) and len(calls) == 2
+    dense = DenseSimilarity((queries @ pool.T).astype(np.float64))
+    np.testing.assert_array_equal(ids, dense.top(np.arange(6), 3)[1])
+
+
 def test_round_robin_refetches_when_a_query_runs_out():
     # every query prefers the same candidates: lists of the first length run dry and are refetched
     s = np.tile(np.linspace(1, 0, 300), (3, 1))

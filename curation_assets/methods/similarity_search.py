@@ -121,16 +121,20 @@ class FaissSimilarity:
     def _top(self, queries: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
         q = self.queries[queries]
         fetch = min(length + 1, self.n_candidates)
-        while True:
-            scores, ids = self._search(q, fetch)
-            if fetch == self.n_candidates or length == 0:
-                break
-            # a tie across the cut: the list's end is not known to hold the lowest indices
-            split = scores[:, length - 1] == scores[:, length]
-            if not split.any():
-                break
+        scores, ids = self._search(q, fetch)
+        out_s, out_i = scores[:, :length].copy(), ids[:, :length].copy()
+        if length == 0:
+            return out_s, out_i
+        # A tie across the cut: the list must end on the lowest indices of the tied scores, which is
+        # known only once the fetched list runs past the tie. Fetch further for those queries only.
+        cut = out_s[:, length - 1]
+        pending = np.flatnonzero(scores[:, -1] == cut) if fetch < self.n_candidates else np.empty(0, dtype=np.int64)
+        while pending.size:
             fetch = min(2 * fetch, self.n_candidates)
-        return scores[:, :length], ids[:, :length]
+            s, i = self._search(q[pending], fetch)
+            out_s[pending], out_i[pending] = s[:, :length], i[:, :length]
+            pending = pending[s[:, -1] == cut[pending]] if fetch < self.n_candidates else pending[:0]
+        return out_s, out_i
 
     def column_best(self) -> ColumnBest:
         if self._best is None:
