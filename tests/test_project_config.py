@@ -68,3 +68,16 @@ def test_asset_groups_are_the_numbered_stages():
     order = list(STAGES)
     for up, down in [("raw_pool", "open_tags"), ("open_tags", "normalized_tags"), ("normalized_tags", "knowledge_tree"), ("knowledge_tree", "selected_subset")]:
         assert order.index(groups[up]) < order.index(groups[down])
+
+
+@pytest.mark.parametrize("name", ["curation.yaml", "demo/config-finetune.yaml", "demo/config-llm.yaml", "demo/config-targeted.yaml"])
+def test_every_shipped_config_is_what_the_ui_would_run(name, monkeypatch):
+    """Each config the README names loads as the UI loads it (CURATION_CONFIG), and every asset
+    setting in the file is its op's launchpad default (what Materialize runs with)."""
+    monkeypatch.setenv("CURATION_CONFIG", str(ROOT / name))
+    config = ProjectConfig.load(None)
+    defs = project_definitions(config)
+    for op, settings in config.assets.items():
+        defaults = op_defaults(defs, op)
+        for key, value in settings.items():
+            assert defaults[key] == value, (op, key)
