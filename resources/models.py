@@ -132,6 +132,9 @@ def resolve_causal_lm(name: str) -> CausalLMSource:
     return CausalLMSource(resolve_model_path(name))
 
 
+DEQUANTIZED_LAYOUT = "fp32"  # bump when what _dequantized_folder writes changes (old copies are not reused)
+
+
 def _model_cache() -> Path:
     return Path(os.environ.get("CURATION_MODEL_CACHE", Path.home() / ".cache" / "curation-assets" / "models")).expanduser()
 
@@ -140,7 +143,7 @@ def _dequantized_folder(source: CausalLMSource) -> str:
     """A model folder holding the de-quantized GGUF model, written once (atomically)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = _model_cache() / f"{Path(source.gguf_file).stem}-{source.fingerprint()}"
+    folder = _model_cache() / f"{Path(source.gguf_file).stem}-{source.fingerprint()}-{DEQUANTIZED_LAYOUT}"
     if (folder / "config.json").exists():
         return str(folder)
     try:
@@ -154,7 +157,12 @@ def _dequantized_folder(source: CausalLMSource) -> str:
         tokenizer.save_pretrained(tmp)
         # transformers will not save a model loaded from GGUF; its de-quantized weights, copied
         # into a plain model of the same config, save (and load back) as ordinary fp32 weights.
-        plain = AutoModelForCausalLM.from_config(model.config)
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            # The weights are plain fp32 now: a config still naming GGUF quantization would make
+            # transformers treat the folder as quantized (the Trainer then refuses to fine-tune it).
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config)
         plain.load_state_dict(model.state_dict(), strict=True)
         plain.save_pretrained(tmp)
         try:

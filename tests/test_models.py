@@ -1,7 +1,9 @@
 """Model sources of the one causal-LM loader: folders, GGUF files, GGUF files inside packages."""
 
 import importlib.util
+import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -76,3 +78,6 @@ def test_packaged_smollm2_gguf_loads_and_generates(tmp_path, monkeypatch):
     chat = ChatModelResource(backend="transformers", model=name, max_tokens=8, max_retries=0, device="cpu", dtype="float32")
     [answer] = chat.generate([[{"role": "user", "content": "What is the capital of France? One word."}]], str)
     assert answer.ok and "paris" in answer.value.lower()
+    # The de-quantized copy is plain fp32: nothing in it says GGUF, so LoRA can train on it.
+    assert "quantization_config" not in json.loads((Path(folder) / "config.json").read_text())
+    assert getattr(model, "hf_quantizer", None) is None
