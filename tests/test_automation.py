@@ -20,7 +20,7 @@ from curation_assets.project import ProjectConfig
 FIXTURES = Path(__file__).parent / "fixtures"
 SHARD_ASSETS = {"open_tags", "instance_scores"}
 GLOBAL_ASSETS = {"normalized_tags", "tag_vocabulary", "knowledge_tree", "tree_memberships", "comparative_scores",
-                 "selected_subset", "selection_reasons", "subset_export"}
+                 "selected_subset", "selection_reasons", "subset_export", "selection_report"}
 
 
 def write_config(tmp_path, **assets) -> Path:
