@@ -27,8 +27,8 @@ def _config(args) -> ProjectConfig:
     return config
 
 
-def _storage(args) -> CurationStorage:
-    config = _config(args)
+def _storage(args, config: ProjectConfig | None = None) -> CurationStorage:
+    config = config or _config(args)
     settings = dict(config.resources.get("storage") or {})
     if config.home:
         settings["home"] = config.home
@@ -115,12 +115,12 @@ def _report(args: argparse.Namespace) -> int:
     from curation_assets.report import build_report
 
     config = _config(args)
-    storage = _storage(args)
+    storage = _storage(args, config)
     try:
         page = build_report(storage, open_instance(), _shown({"config_file": str(config.path), "assets": config.assets, "resources": config.resources}))
     except FileNotFoundError as exc:
         print(f"curate report: {exc}", file=sys.stderr)
-        return 1
+        return 2
     out = Path(args.out) if args.out else storage.exports / "selection_report.html"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")

@@ -95,7 +95,8 @@ def build_report(storage: CurationStorage, instance: dg.DagsterInstance | None, 
     if not subset_path.exists() or not reasons_path.exists():
         raise FileNotFoundError(f"no selection under {storage.root}: materialize selected_subset first (curate run)")
     subset, reasons = pl.read_parquet(subset_path), pl.read_parquet(reasons_path)
-    counts = identity_counts(storage.scan_partitions("raw_pool"))
+    pool = storage.scan_partitions("raw_pool")
+    counts = identity_counts(pool)
     quarantine = storage.scan_partitions("raw_pool_quarantine")
     quarantined = quarantine.select(pl.len()).collect().item() if quarantine is not None else 0
     strategy = reasons["strategy"][0] if reasons.height else "?"
@@ -112,9 +113,8 @@ def build_report(storage: CurationStorage, instance: dg.DagsterInstance | None, 
     # Dropped rows: the most common reasons first, one example each, then a few more.
     dropped_all = reasons.filter(~pl.col("selected")).with_columns(pl.col("reason").str.split(":").list.first().alias("why"))
     dropped = pl.concat([dropped_all.unique("why", keep="first", maintain_order=True).head(8), dropped_all.head(6)]).unique("row_id", maintain_order=True).head(12)
-    pool_text = storage.scan_partitions("raw_pool")
-    if pool_text is not None:
-        dropped = dropped.join(pool_text.select("row_id", "instruction").unique("row_id").collect(), on="row_id", how="left")
+    if pool is not None:
+        dropped = dropped.join(pool.select("row_id", "instruction").unique("row_id").collect(), on="row_id", how="left")
     else:
         dropped = dropped.with_columns(pl.lit(None, pl.String).alias("instruction"))
     reason_counts = dropped_all.group_by("why").len().sort("len", descending=True).rename({"why": "reason", "len": "rows"})

@@ -133,7 +133,8 @@ def strategy_subset(context, strategy: str, size: int, seed: int, inputs: dict, 
     rows = load_candidates(context, storage, inputs["normalized_tags"], inputs["comparative_scores"], chosen)
     cache = storage.row_cache("embeddings", embedder.version(), context.log.warning)
     embed = lambda texts: cached_encode(texts, embedder.encode, cache)  # noqa: E731
-    candidates = Candidates(rows, inputs["tree_memberships"], inputs["knowledge_tree"], inputs["comparative_scores"], inputs.get("tag_vocabulary"),
+    # No tag vocabulary: baselines run with default settings, and only a target-aligned TAGS reads it.
+    candidates = Candidates(rows, inputs["tree_memberships"], inputs["knowledge_tree"], inputs["comparative_scores"], None,
                             embed, eos_token=scorer.eos_token, log=context.log.info)
     try:
         picked = chosen.pick(candidates, Budget(min(size, rows.height), float(size), rows.height), settings)

@@ -7,7 +7,8 @@ import pytest
 from curation_assets.definitions import build_resources
 from curation_assets.landing import land_file
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
 RAW = SHARED / "data" / "raw"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -50,3 +51,10 @@ def ingested_shard(tmp_path, resources, instance, name: str, rows: list[dict]) -
 def land(resources, path: Path, name: str | None = None) -> str:
     """Land `path` as a pool shard and return its partition key (what the sensor does)."""
     return land_file(Path(path), resources["storage"].landed, name or Path(path).name).partition
+
+
+def project_dagster_home(path: Path) -> Path:
+    """A DAGSTER_HOME at `path` with the project's dagster.yaml (run monitoring, pools) pointing there."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text().replace(".dagster_home", str(path)))
+    return path

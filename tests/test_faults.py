@@ -9,11 +9,21 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from conftest import land
+from conftest import land, project_dagster_home
 from curation_assets.raw_pool import raw_pool
 
 DEMO = Path(__file__).resolve().parents[1] / "demo"
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def headless_config(path: Path, instance_scores: str) -> Path:
+    """A `curate run` config over the tiny GPT-2 scorer: IFD scores, then top_k on half the pool."""
+    path.write_text(
+        f"resources:\n  scorer: {{model: {ROOT / 'tests' / 'fixtures' / 'tiny_gpt2'}}}\n  landing: {{min_age_seconds: 0}}\n"
+        f"assets:\n  normalized_tags: {{alpha: 1, n_clusters: 2}}\n  instance_scores: {instance_scores}\n"
+        "  selected_subset: {strategy: top_k, budget: 0.5, neighbours: false}\n"
+    )
+    return path
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -104,9 +114,7 @@ def test_overlapping_shards_in_flight_together_give_one_canonical_copy(tmp_path,
     from curation_assets.shards import identity_counts, pool_rows
     from curation_assets.why import story
 
-    dagster_home = tmp_path / "dagster_home"
-    dagster_home.mkdir()
-    (dagster_home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text().replace(".dagster_home", str(dagster_home)))
+    dagster_home = project_dagster_home(tmp_path / "dagster_home")
     monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
     storage = resources["storage"]
     shared = [{"instruction": f"Shared question {i}?", "output": f"Answer {i}."} for i in range(5)]
@@ -199,17 +207,10 @@ def test_headless_summary_tells_the_truth_and_a_rerun_repairs(tmp_path, monkeypa
     from curation_assets.cli import main
     from curation_assets.methods import registry
 
-    dagster_home = tmp_path / "dagster_home"
-    dagster_home.mkdir()
-    (dagster_home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text().replace(".dagster_home", str(dagster_home)))
+    dagster_home = project_dagster_home(tmp_path / "dagster_home")
     monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
     home = tmp_path / "home"
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        "resources:\n  scorer: {model: %s}\n  landing: {min_age_seconds: 0}\n"
-        "assets:\n  normalized_tags: {alpha: 1, n_clusters: 2}\n  instance_scores: {methods: [ifd]}\n"
-        "  selected_subset: {strategy: top_k, budget: 0.5, neighbours: false}\n" % (ROOT / "tests" / "fixtures" / "tiny_gpt2")
-    )
+    config = headless_config(tmp_path / "config.yaml", "{methods: [ifd]}")
     pool = tmp_path / "pool"
     pool.mkdir()
     write_jsonl(pool / "good.jsonl", [{"instruction": f"Explain topic {i} clearly.", "output": f"Topic {i} is simple."} for i in range(8)])
@@ -271,17 +272,10 @@ def test_a_killed_headless_run_frees_its_slot_and_the_rerun_loses_and_repeats_no
     import subprocess
     import sys
 
-    dagster_home = tmp_path / "dagster_home"
-    dagster_home.mkdir()
-    (dagster_home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text().replace(".dagster_home", str(dagster_home)))
+    dagster_home = project_dagster_home(tmp_path / "dagster_home")
     monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
     home = tmp_path / "home"
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        "resources:\n  scorer: {model: %s}\n"
-        "assets:\n  normalized_tags: {alpha: 1, n_clusters: 2}\n  instance_scores: {methods: [ifd], chunk_rows: 4}\n"
-        "  selected_subset: {strategy: top_k, budget: 0.5, neighbours: false}\n" % (ROOT / "tests" / "fixtures" / "tiny_gpt2")
-    )
+    config = headless_config(tmp_path / "config.yaml", "{methods: [ifd], chunk_rows: 4}")
     n = 400
     pool = write_jsonl(tmp_path / "pool.jsonl", [{"instruction": f"Question number {i} about item {i * 7}?", "output": f"Answer {i}, at length: " + "word " * (i % 30)} for i in range(n)])
     env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}

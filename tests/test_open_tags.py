@@ -75,18 +75,24 @@ def test_failing_endpoint_loses_no_row_and_a_later_run_retags_only_failures(tmp_
         assert set(pl.read_parquet(resources["storage"].asset_file("open_tags", key))["status"]) == {"ok"}
 
 
+def failing_second_call(real, error: Exception):
+    """`TaggerResource.tag` that raises `error` on its second call (the second chunk), else `real`."""
+    calls = {"n": 0}
+
+    def tag_chunk(self, texts):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise error
+        return real(self, texts)
+
+    return tag_chunk
+
+
 def test_interrupted_run_resumes_without_redoing_or_duplicating(tmp_path, resources, instance, monkeypatch):
     key = ingested_shard(tmp_path, resources, instance, "d.jsonl", ROWS_A)
     real = TaggerResource.tag
-    calls = {"n": 0}
-
-    def crash_on_second_chunk(self, texts):
-        calls["n"] += 1
-        if calls["n"] == 2:  # not retried by the step's RetryPolicy: the run fails
-            raise dg.Failure("worker killed", allow_retries=False)
-        return real(self, texts)
-
-    monkeypatch.setattr(TaggerResource, "tag", crash_on_second_chunk)
+    # not retried by the step's RetryPolicy: the run fails
+    monkeypatch.setattr(TaggerResource, "tag", failing_second_call(real, dg.Failure("worker killed", allow_retries=False)))
     crashed = tag(resources, instance, key, run_config={"ops": {"open_tags": {"config": {"chunk_rows": 4}}}})
     assert not crashed.success
     monkeypatch.setattr(TaggerResource, "tag", real)
@@ -98,16 +104,7 @@ def test_interrupted_run_resumes_without_redoing_or_duplicating(tmp_path, resour
 
 def test_failed_step_is_retried_and_resumes_from_its_cached_chunks(tmp_path, resources, instance, monkeypatch):
     key = ingested_shard(tmp_path, resources, instance, "r.jsonl", ROWS_A)
-    real = TaggerResource.tag
-    calls = {"n": 0}
-
-    def outage_on_second_chunk(self, texts):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("endpoint outage")
-        return real(self, texts)
-
-    monkeypatch.setattr(TaggerResource, "tag", outage_on_second_chunk)
+    monkeypatch.setattr(TaggerResource, "tag", failing_second_call(TaggerResource.tag, RuntimeError("endpoint outage")))
     result = tag(resources, instance, key, run_config={"ops": {"open_tags": {"config": {"chunk_rows": 4}}}})
     assert result.success  # the RetryPolicy ran the step again in the same run
     assert any(e.event_type_value == "STEP_UP_FOR_RETRY" for e in result.all_events)

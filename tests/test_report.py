@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import project_dagster_home
 from curation_assets.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,9 +20,7 @@ CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser",
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
-    dagster_home = root / "dagster_home"
-    dagster_home.mkdir()
-    (dagster_home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text().replace(".dagster_home", str(dagster_home)))
+    dagster_home = project_dagster_home(root / "dagster_home")
     config = root / "curation.yaml"
     config.write_text(
         "home: data\n"
