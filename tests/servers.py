@@ -154,12 +154,26 @@ def celery_workers(names: list[str], env: dict[str, str], logs: Path):
 
 
 @contextmanager
-def dagster_daemon(env: dict[str, str], logs: Path):
+def dagster_daemon(env: dict[str, str], logs: Path, cwd: Path = ROOT):
     proc = subprocess.Popen(
         [str(BIN / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
-        cwd=ROOT, env=env, stdout=open(logs / "daemon.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=cwd, env=env, stdout=open(logs / "daemon.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
         yield proc
     finally:
         stop(proc, grace=60)
+
+
+@contextmanager
+def dagster_webserver(env: dict[str, str], logs: Path, cwd: Path = ROOT):
+    """`dagster-webserver -w workspace.yaml` on a free port; yields the port."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "dagster-webserver"), "-w", str(ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
+        cwd=cwd, env=env, stdout=open(logs / "webserver.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        yield port
+    finally:
+        stop(proc, grace=30)
