@@ -324,7 +324,8 @@ def test_the_users_path_headless_then_ui_then_growth(tmp_path, monkeypatch):
         started = time.time()
         landing = data / "landing"
         landing.mkdir(parents=True, exist_ok=True)
-        shutil.copy(DEMO / "pool" / DROPPED_FILE, landing / DROPPED_FILE)
+        shutil.copy(DEMO / "pool" / DROPPED_FILE, data / DROPPED_FILE)
+        os.replace(data / DROPPED_FILE, landing / DROPPED_FILE)  # whole at once: the config lands files of any age
         new = wait_for(lambda: [p for p in gql(port, ASSET)["assetNodes"][0]["partitionKeys"] if p.startswith(DROPPED_FILE + "@")], 180,
                        "the landing sensor to add the dropped file's partition")[0]
 
