@@ -5,6 +5,7 @@ one data home, one set of models and one set of asset settings."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import dagster as dg
 import pydantic
@@ -180,11 +181,10 @@ def project_definitions(config: ProjectConfig | None = None) -> dg.Definitions:
 defs = project_definitions()
 
 
-def shard_job() -> dg.JobDefinition:
-    """The per-shard assets' job, rebuilt from `CURATION_CONFIG` in whichever process asks (the
-    celery workers, through `dg.reconstructable`)."""
-    return defs.get_job_def(SHARD_JOB)
-
-
-def global_job() -> dg.JobDefinition:
-    return defs.get_job_def(GLOBAL_JOB)
+def cluster_job(name: str, config: dict | None = None) -> dg.JobDefinition:
+    """`shard_assets` or `global_assets` of the project config `config` (ProjectConfig's fields),
+    rebuilt in whichever process asks (the run's process, the celery workers, through
+    `dg.build_reconstructable_job`): the run carries its own settings, so `curate run --config/--home`
+    runs the same definitions everywhere, whatever `$CURATION_CONFIG` a worker was started with."""
+    project = ProjectConfig(**{**config, "path": Path(config["path"]) if config.get("path") else None}) if config else ProjectConfig.load(None)
+    return project_definitions(project).resolve_job_def(name)

@@ -136,14 +136,14 @@ def base_env(extra: dict[str, str]) -> dict[str, str]:
 
 @contextmanager
 def celery_workers(names: list[str], env: dict[str, str], logs: Path):
-    """dagster-celery workers (one task at a time each), as deploy/cluster.sh starts them."""
+    """dagster-celery workers (one task at a time each), started by deploy/cluster.sh as on a cluster."""
     procs = []
     try:
         for name in names:
             log = open(logs / f"worker-{name}.log", "wb")
             procs.append(
                 subprocess.Popen(
-                    [str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app", "-y", str(ROOT / "deploy" / "celery.yaml"), "-n", name, "--", "-c", "1", "-P", "solo"],
+                    ["bash", str(ROOT / "deploy" / "cluster.sh"), "worker", name],
                     cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                 )
             )
