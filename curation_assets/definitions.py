@@ -5,7 +5,6 @@ one data home, one set of models and one set of asset settings."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import dagster as dg
 import pydantic
@@ -181,10 +180,14 @@ def project_definitions(config: ProjectConfig | None = None) -> dg.Definitions:
 defs = project_definitions()
 
 
-def cluster_job(name: str, config: dict | None = None) -> dg.JobDefinition:
-    """`shard_assets` or `global_assets` of the project config `config` (ProjectConfig's fields),
-    rebuilt in whichever process asks (the run's process, the celery workers, through
-    `dg.build_reconstructable_job`): the run carries its own settings, so `curate run --config/--home`
-    runs the same definitions everywhere, whatever `$CURATION_CONFIG` a worker was started with."""
-    project = ProjectConfig(**{**config, "path": Path(config["path"]) if config.get("path") else None}) if config else ProjectConfig.load(None)
+def cluster_job(name: str, config_path: str | None = None, home: str | None = None, resources: dict | None = None, assets: dict | None = None) -> dg.JobDefinition:
+    """`shard_assets` or `global_assets` of the project config a run was started with, rebuilt in
+    whichever process asks (the run's process, the celery workers, through
+    `dg.build_reconstructable_job`), so `curate run --config/--home` runs the same definitions
+    everywhere, whatever `$CURATION_CONFIG` a worker was started with. The run names the config
+    file (read again on the worker, so keys written in it are not stored with the run); settings
+    without a file come inline."""
+    project = ProjectConfig.load(config_path) if config_path else ProjectConfig(resources=resources or {}, assets=assets or {})
+    if home:
+        project.home = home
     return project_definitions(project).resolve_job_def(name)

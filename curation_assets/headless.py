@@ -171,9 +171,9 @@ def _execute(job, instance, config, *, asset_selection, run_config, partition_ke
     tags = {**(tags or {}), **({"dagster/partition": partition_key} if partition_key else {})}
     from curation_assets.definitions import GLOBAL_JOB, SHARD_JOB
 
-    settings = {"home": config.home, "resources": config.resources, "assets": config.assets, "path": str(config.path) if config.path else None}
+    settings = {"config_path": str(config.path)} if config.path else {"resources": config.resources, "assets": config.assets}
     recon = dg.build_reconstructable_job(
-        "curation_assets.definitions", "cluster_job", reconstructable_kwargs={"name": SHARD_JOB if partition_key else GLOBAL_JOB, "config": settings}
+        "curation_assets.definitions", "cluster_job", reconstructable_kwargs={"name": SHARD_JOB if partition_key else GLOBAL_JOB, "home": config.home, **settings}
     )
     with dg.execute_job(recon, instance, run_config=run_config, tags=tags, asset_selection=asset_selection, raise_on_error=False) as result:
         return result.success, "" if result.success else _first_error(result)
