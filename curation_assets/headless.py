@@ -129,8 +129,11 @@ def run_graph(
     partitions = sorted(instance.get_dynamic_partitions(pool_shards.name))
 
     def run_shards(keys: list[dg.AssetKey]) -> None:
+        from tqdm import tqdm
+
         materialized = {k: _materialized(instance, k, graph.get(k).code_version) for k in keys}
-        for partition in partitions:
+        # A progress bar over the shards on a terminal (stderr); none when output is piped or logged.
+        for partition in tqdm(partitions, desc=", ".join(k.to_user_string() for k in keys), unit="shard", disable=None, leave=False):
             todo = keys if refresh else _to_materialize(materialized, storage, graph, keys, partition)
             if not todo:
                 continue
