@@ -149,7 +149,8 @@ def build_asset(config: dict | None = None, strategies: dict[str, Strategy] | No
         )
         if picked.subset_columns:
             subset = subset.join(reasons.select("row_id", *picked.subset_columns), on="row_id", how="left", maintain_order="left")
-        meta = {**_subset_metadata(subset, reasons, candidates, config, strategy, rule), **picked.summary, "skipped_shards": dg.MetadataValue.json(skipped_shards(context))}
+        meta = {**_subset_metadata(subset, reasons, candidates, config, strategy, rule), **_score_distributions(reasons, settings), **picked.summary,
+                "skipped_shards": dg.MetadataValue.json(skipped_shards(context))}
         if "nearest_task" in reasons.columns:  # a targeted strategy: per-task similarity, pool vs subset
             meta.update(targeted_inputs.task_metadata(reasons))
         yield dg.Output(subset, "selected_subset", metadata=meta)
@@ -186,8 +187,39 @@ def _coverage(reasons: pl.DataFrame, c: Candidates) -> tuple[dict, dg.MetadataVa
     ax.set_xlabel("share of leaf mass")
     ax.set_title("Top-level branches: pool vs subset")
     ax.legend()
-    stats = {"leaf_coverage": f"{leaves_subset:,} of {leaves_pool:,} leaves ({100 * leaves_subset / max(leaves_pool, 1):.1f}%)", "top_level_branches": len(top)}
+    stats = {"leaf_coverage": f"{leaves_subset:,} of {leaves_pool:,} leaves ({100 * leaves_subset / max(leaves_pool, 1):.1f}%)", "top_level_branches": len(top),
+             "tree_coverage": ui.sunburst(c.nodes, title="Knowledge tree: the subset's coverage", coverage=_node_coverage(share, paths))}
     return stats, ui.png_md(fig, "leaf coverage")
+
+
+def _node_coverage(share: pl.DataFrame, paths: dict[int, list[int]]) -> dict[int, float]:
+    """node_id -> the share of the leaf mass under the node that the subset holds."""
+    per_leaf = share.group_by("node_id").agg(pl.col("weight").sum().alias("pool"), (pl.col("weight") * pl.col("chosen")).sum().alias("subset"))
+    pool: dict[int, float] = {}
+    subset: dict[int, float] = {}
+    for leaf, p, q in per_leaf.iter_rows():
+        for node in paths.get(leaf, [leaf]):
+            pool[node] = pool.get(node, 0.0) + p
+            subset[node] = subset.get(node, 0.0) + q
+    return {node: subset[node] / pool[node] for node in pool if pool[node] > 0}
+
+
+def _score_distributions(reasons: pl.DataFrame, settings) -> dict:
+    """Pool against subset for what the strategy used: its gain, and every score its settings name."""
+    named = {v for v in settings.model_dump(mode="json").values() if isinstance(v, str)}
+    long = reasons.select("selected", "scores").explode("scores").drop_nulls("scores").unnest("scores")
+    used = sorted(named & set(long["name"].unique().to_list())) if long.height else []
+    meta = {}
+    if reasons["gain"].is_not_null().any():
+        gain_name = reasons["gain_name"][0] or "gain"
+        gain = reasons.select("selected", pl.col("gain").cast(pl.Float64).fill_null(float("nan")))
+        meta["gain_distribution"] = ui.histogram({"pool": gain["gain"].to_numpy(), "subset": gain.filter(pl.col("selected"))["gain"].to_numpy()},
+                                                 f"{gain_name}: subset vs pool", gain_name, why_empty="the strategy gives no per-row gain")
+    for name in used:
+        values = long.filter(pl.col("name") == name)
+        meta[f"{name}_distribution"] = ui.histogram({"pool": values["value"].to_numpy(), "subset": values.filter(pl.col("selected"))["value"].to_numpy()},
+                                                    f"{name}: subset vs pool", name)
+    return meta
 
 
 def _subset_metadata(subset: pl.DataFrame, reasons: pl.DataFrame, c: Candidates, cfg, strategy: Strategy, rule: str) -> dict:

@@ -72,12 +72,19 @@ def new_figure(width: float = 6.0, height: float = 3.0):
     return plt.subplots(figsize=(width, height))
 
 
-def histogram(series: dict[str, Sequence[float] | np.ndarray], title: str, xlabel: str, log_x: bool = False, bins: int = 40) -> dg.MetadataValue:
-    """One overlaid histogram per named series."""
+def histogram(series: dict[str, Sequence[float] | np.ndarray], title: str, xlabel: str, log_x: bool = False, bins: int = 40, why_empty: str | None = None) -> dg.MetadataValue:
+    """One overlaid histogram per named series; with no finite value at all, a picture that says
+    so (how many values were NaN, and `why_empty` if the caller knows why) instead of empty axes."""
     fig, ax = new_figure()
-    arrays = {k: np.asarray(v, dtype=float) for k, v in series.items()}
-    arrays = {k: a[np.isfinite(a)] for k, a in arrays.items()}
-    finite = np.concatenate([a for a in arrays.values() if a.size] or [np.zeros(1)])
+    raw = {k: np.asarray(v, dtype=float) for k, v in series.items()}
+    arrays = {k: a[np.isfinite(a)] for k, a in raw.items()}
+    if not any(a.size for a in arrays.values()):
+        total = sum(a.size for a in raw.values())
+        ax.text(0.5, 0.5, f"no data to plot: {total:,} of {total:,} values NaN" + (f"\n{why_empty}" if why_empty else ""), ha="center", va="center", wrap=True)
+        ax.set_axis_off()
+        ax.set_title(title)
+        return png_md(fig, title)
+    finite = np.concatenate([a for a in arrays.values() if a.size])
     if log_x:
         finite = finite[finite > 0]
         lo, hi = (max(finite.min(), 1), max(finite.max(), 2)) if finite.size else (1, 10)
@@ -86,10 +93,10 @@ def histogram(series: dict[str, Sequence[float] | np.ndarray], title: str, xlabe
     else:
         edges = np.histogram_bin_edges(finite, bins=bins)
     for name, values in arrays.items():
-        ax.hist(values[values > 0] if log_x else values, bins=edges, alpha=0.6, label=name)
+        ax.hist(values[values > 0] if log_x else values, bins=edges, alpha=0.6, label=name, density=len(arrays) > 1)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("rows")
+    ax.set_ylabel("share of rows (density)" if len(arrays) > 1 else "rows")
     if len(arrays) > 1:
         ax.legend()
     return png_md(fig, title)
@@ -134,11 +141,13 @@ def tree_markdown(nodes: pl.DataFrame, max_depth: int = 3, max_children: int = 8
     return "\n".join(lines) or "_(empty tree)_"
 
 
-def sunburst(nodes: pl.DataFrame, rings: int = 3, title: str = "Knowledge tree") -> dg.MetadataValue:
-    """The top `rings` levels as concentric rings; arc width = rows under the node."""
+def sunburst(nodes: pl.DataFrame, rings: int = 3, title: str = "Knowledge tree", coverage: dict[int, float] | None = None) -> dg.MetadataValue:
+    """The top `rings` levels as concentric rings; arc width = rows under the node, one colour per
+    top-level branch, labels on the first two rings where the arc has room. With `coverage`
+    (node_id -> share of the node's rows in the subset), an arc's opacity shows that share."""
     import matplotlib.cm as cm
 
-    fig, ax = new_figure(6.0, 6.0)
+    fig, ax = new_figure(9.0, 9.0)
     info = {n: (label, rows) for n, label, rows in nodes.select("node_id", "label", "leaf_rows").iter_rows()}
     kids = _children(nodes)
     total = info[0][1] or 1.0
@@ -152,12 +161,19 @@ def sunburst(nodes: pl.DataFrame, rings: int = 3, title: str = "Knowledge tree")
                 w = 360.0 * info[child][1] / total
                 c = color if ring > 1 else i % len(colors)
                 next_spans[child] = (cursor, w, c)
+                alpha = 1.0 if coverage is None else 0.12 + 0.88 * min(max(coverage.get(child, 0.0), 0.0), 1.0)
                 ax.pie([w, 360.0 - w], radius=0.25 + 0.25 * ring, startangle=cursor, counterclock=True,
-                       colors=[colors[c], (0, 0, 0, 0)], wedgeprops={"width": 0.24, "edgecolor": "white", "linewidth": 0.5})
-                if ring == 1 and w > 12:
-                    angle = np.deg2rad(cursor + w / 2)
-                    ax.text(0.37 * np.cos(angle), 0.37 * np.sin(angle), _cell(info[child][0], 22), ha="center", va="center", fontsize=6)
+                       colors=[(*colors[c][:3], alpha), (0, 0, 0, 0)], wedgeprops={"width": 0.24, "edgecolor": "white", "linewidth": 0.5})
+                if (ring == 1 and w > 10) or (ring == 2 and w > 6):
+                    mid = cursor + w / 2
+                    radius = 0.125 + 0.25 * ring
+                    angle = np.deg2rad(mid)
+                    rotation = 0 if ring == 1 else (mid if -90 <= (mid + 180) % 360 - 180 <= 90 else mid + 180)
+                    ax.text(radius * np.cos(angle), radius * np.sin(angle), _cell(info[child][0], 20 if ring == 1 else 16),
+                            ha="center", va="center", fontsize=8 if ring == 1 else 6, rotation=rotation, rotation_mode="anchor")
                 cursor += w
         spans = next_spans
     ax.set(aspect="equal", title=title)
+    if coverage is not None:
+        ax.text(0, -1.05, "opacity: share of the node's rows in the subset (faint = not covered)", ha="center", fontsize=8)
     return png_md(fig, title)

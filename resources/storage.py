@@ -71,6 +71,11 @@ class AtomicParquetIOManager(PolarsParquetIOManager):
         finally:
             tmp.unlink(missing_ok=True)
 
+    def get_metadata(self, context: dg.OutputContext, obj) -> dict:
+        # dagster-polars adds a raw sample ("table") and df.describe() ("stats"): message JSON and
+        # means of hashes are noise. Each asset shows its own readable preview instead.
+        return {k: v for k, v in super().get_metadata(context, obj).items() if k not in ("table", "stats")}
+
     def load_from_path(self, context: dg.InputContext, path):
         if Path(str(path)).exists():
             check_parquet(str(path))

@@ -84,6 +84,7 @@ def test_checks_pass_and_metadata_shows_coverage(graph):
     assert "selected: rank 1" in table_text(meta["reasons_sample"])
     assert meta["tags_per_row"].value > 0 and "of the pool's canonical tags" in meta["tag_coverage"].value
     assert meta["tree_information"].value > 0 and 0 < meta["entropy_depth_1"].value <= 1
+    assert "data:image/png" in meta["tree_coverage"].value and "data:image/png" in meta["gain_distribution"].value
 
 
 @pytest.mark.parametrize(
@@ -109,6 +110,18 @@ def test_every_strategy_runs_and_explains(graph, settings):
     assert set(reasons["strategy"]) == {settings["strategy"]}
     assert reasons.filter(~pl.col("selected"))["reason"].str.len_chars().min() > 0
     assert all(c.passed for c in result.get_asset_check_evaluations())
+    meta = result.asset_materializations_for_node("selected_subset")[0].metadata
+    for score in {settings.get("score"), settings.get("quality_score")} - {None}:  # the scores its settings name
+        assert "data:image/png" in meta[f"{score}_distribution"].value, (score, sorted(meta))
+
+
+def test_node_coverage_sums_leaf_mass_up_the_tree():
+    from curation_assets.selected_subset import _node_coverage
+
+    # Leaves 3 and 4 under node 1, leaf 5 under node 2; row r1 (chosen) on leaves 3 and 5, r2 on 4.
+    share = pl.DataFrame({"row_id": ["r1", "r1", "r2"], "node_id": [3, 5, 4], "weight": [0.5, 0.5, 1.0], "chosen": [True, True, False]})
+    coverage = _node_coverage(share, {1: [1], 2: [2], 3: [1, 3], 4: [1, 4], 5: [2, 5]})
+    assert coverage == {1: pytest.approx(0.5 / 1.5), 3: 1.0, 4: 0.0, 2: 1.0, 5: 1.0}
 
 
 def test_strategy_outputs_match_the_method_code(graph):
