@@ -180,11 +180,14 @@ def project_definitions(config: ProjectConfig | None = None) -> dg.Definitions:
 defs = project_definitions()
 
 
-def shard_job() -> dg.JobDefinition:
-    """The per-shard assets' job, rebuilt from `CURATION_CONFIG` in whichever process asks (the
-    celery workers, through `dg.reconstructable`)."""
-    return defs.get_job_def(SHARD_JOB)
-
-
-def global_job() -> dg.JobDefinition:
-    return defs.get_job_def(GLOBAL_JOB)
+def cluster_job(name: str, config_path: str | None = None, home: str | None = None, resources: dict | None = None, assets: dict | None = None) -> dg.JobDefinition:
+    """`shard_assets` or `global_assets` of the project config a run was started with, rebuilt in
+    whichever process asks (the run's process, the celery workers, through
+    `dg.build_reconstructable_job`), so `curate run --config/--home` runs the same definitions
+    everywhere, whatever `$CURATION_CONFIG` a worker was started with. The run names the config
+    file (read again on the worker, so keys written in it are not stored with the run); settings
+    without a file come inline."""
+    project = ProjectConfig.load(config_path) if config_path else ProjectConfig(resources=resources or {}, assets=assets or {})
+    if home:
+        project.home = home
+    return project_definitions(project).resolve_job_def(name)

@@ -129,12 +129,15 @@ def run_graph(
     partitions = sorted(instance.get_dynamic_partitions(pool_shards.name))
 
     def run_shards(keys: list[dg.AssetKey]) -> None:
+        from tqdm import tqdm
+
         materialized = {k: _materialized(instance, k, graph.get(k).code_version) for k in keys}
-        for partition in partitions:
+        # A progress bar over the shards on a terminal (stderr); none when output is piped or logged.
+        for partition in tqdm(partitions, desc=", ".join(k.to_user_string() for k in keys), unit="shard", disable=None, leave=False):
             todo = keys if refresh else _to_materialize(materialized, storage, graph, keys, partition)
             if not todo:
                 continue
-            success, error = _execute(job, instance, asset_selection=todo, run_config=RUN_CONFIG, partition_key=partition, tags=tags)
+            success, error = _execute(job, instance, config, asset_selection=todo, run_config=RUN_CONFIG, partition_key=partition, tags=tags)
             shard_runs[partition] = shard_runs.get(partition, True) and success
             if not success:
                 errors.setdefault(partition, error)
@@ -145,35 +148,37 @@ def run_graph(
     skipped: list[str] = []
     if "warmup_adapter" in wanted:
         warmup = [dg.AssetKey("query_set"), dg.AssetKey("warmup_adapter")]
-        global_run, error = _execute(job, instance, asset_selection=warmup, run_config=RUN_CONFIG, tags=tags)
+        global_run, error = _execute(job, instance, config, asset_selection=warmup, run_config=RUN_CONFIG, tags=tags)
         log(f"query_set, warmup_adapter: {'ok' if global_run else 'FAILED: ' + error}")
         if global_run:
             run_shards([dg.AssetKey("gradient_store")])
     elif "query_set" in wanted:
         global_keys = [dg.AssetKey("query_set"), *global_keys]
     if global_keys and global_run is not False:
-        global_run, error = _execute(job, instance, asset_selection=global_keys, run_config=RUN_CONFIG, tags=tags)
+        global_run, error = _execute(job, instance, config, asset_selection=global_keys, run_config=RUN_CONFIG, tags=tags)
         # The shards the global assets left out: those missing an output of a per-shard asset.
         _, skipped = complete_shards(storage, partitions, [k.to_user_string() for k in shard_keys])
         log(f"global assets: {'ok' if global_run else 'FAILED: ' + error}")
     return RunReport(landed, shard_runs, global_run, storage.root, errors, skipped, recovered)
 
 
-def _execute(job, instance, *, asset_selection, run_config, partition_key=None, tags=None) -> tuple[bool, str]:
-    """Run in this process, or, with `CURATION_EXECUTOR=celery`, as a run whose steps the cluster
-    workers execute (they rebuild the definitions from `CURATION_CONFIG`, as the code server does).
-    Returns success and, on failure, the first error."""
+def _execute(job, instance, config, *, asset_selection, run_config, partition_key=None, tags=None) -> tuple[bool, str]:
+    """Run in this process, or, with `CURATION_EXECUTOR=celery`, as a run of the project's named
+    job whose steps the cluster workers execute (they rebuild it from `config`, which the run
+    carries). Returns success and, on failure, the first error."""
     if os.environ.get("CURATION_EXECUTOR", "multiprocess") != "celery":
         result = job.execute_in_process(
             instance=instance, partition_key=partition_key, asset_selection=asset_selection, run_config=run_config, tags=tags, raise_on_error=False
         )
         return result.success, "" if result.success else _first_error(result)
     tags = {**(tags or {}), **({"dagster/partition": partition_key} if partition_key else {})}
-    from curation_assets.definitions import global_job, shard_job
+    from curation_assets.definitions import GLOBAL_JOB, SHARD_JOB
 
-    with dg.execute_job(
-        dg.reconstructable(shard_job if partition_key else global_job), instance, run_config=run_config, tags=tags, asset_selection=asset_selection, raise_on_error=False
-    ) as result:
+    settings = {"config_path": str(config.path)} if config.path else {"resources": config.resources, "assets": config.assets}
+    recon = dg.build_reconstructable_job(
+        "curation_assets.definitions", "cluster_job", reconstructable_kwargs={"name": SHARD_JOB if partition_key else GLOBAL_JOB, "home": config.home, **settings}
+    )
+    with dg.execute_job(recon, instance, run_config=run_config, tags=tags, asset_selection=asset_selection, raise_on_error=False) as result:
         return result.success, "" if result.success else _first_error(result)
 
 

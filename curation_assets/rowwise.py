@@ -1,6 +1,7 @@
 """Per-row work that is computed once per (row_id, method version) and resumes after interruption."""
 
 import hashlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,6 +19,13 @@ class RowwiseStats:
 
     def metadata(self) -> dict:
         return {"rows": self.rows, "reused_from_cache": self.reused, "computed_now": self.computed}
+
+
+def progress(done: int, total: int, elapsed_s: float) -> str:
+    """A run-log line for long steps: rows done, rate and the time left at that rate."""
+    rate = done / elapsed_s if elapsed_s > 0 else float("inf")
+    left = (total - done) / rate if rate and rate != float("inf") else 0.0
+    return f"computed {done}/{total} rows ({rate:,.1f} rows/s, {left:,.0f} s left)"
 
 
 def compute_missing(
@@ -41,11 +49,12 @@ def compute_missing(
     cached = cache.lookup(rows["row_id"])
     todo = rows if cached is None else rows.join(cached.select("row_id"), on="row_id", how="anti")
     parts = [] if cached is None else [cached]
+    began = time.monotonic()
     for start in range(0, todo.height, chunk_rows):
         result = compute(todo.slice(start, chunk_rows))
         cache.append(result.filter(keep(result)) if keep is not None else result)
         parts.append(result)
-        log(f"computed {min(start + chunk_rows, todo.height)}/{todo.height} rows")
+        log(progress(min(start + chunk_rows, todo.height), todo.height, time.monotonic() - began))
     if todo.height or cache.loose:
         cache.compact()
     reused = rows.height - todo.height

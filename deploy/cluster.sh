@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start one piece of the cluster deployment (see deploy/README.md). Run from the project root with
+# Start one piece of the cluster deployment (see README.md "Deployments"). Run from the project root with
 # the variables of deploy/env.example set.
 #   deploy/cluster.sh worker [NAME]   a dagster-celery worker (one per GPU, or per core group)
 #   deploy/cluster.sh daemon          dagster-daemon: sensors, automation, the run queue

@@ -21,7 +21,19 @@ BIN = Path(sys.executable).parent
 
 def missing_servers() -> list[str]:
     need = {"initdb": _pg_bin("initdb"), "pg_ctl": _pg_bin("pg_ctl"), "redis-server": shutil.which("redis-server")}
+    if os.geteuid() == 0:  # PostgreSQL runs as the `postgres` user that Debian's package creates
+        need["runuser"] = shutil.which("runuser") or shutil.which("/usr/sbin/runuser")
+        need["the postgres user"] = _has_user("postgres")
     return [name for name, path in need.items() if not path]
+
+
+def _has_user(name: str) -> bool:
+    import pwd
+
+    try:
+        return bool(pwd.getpwnam(name))
+    except KeyError:
+        return False
 
 
 def _pg_bin(name: str) -> str | None:
@@ -52,7 +64,7 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = Non
 
 def _as_postgres_user() -> list[str]:
     """PostgreSQL refuses to run as root: as root, its commands run as the `postgres` user."""
-    return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    return [shutil.which("runuser") or "/usr/sbin/runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
 
 
 @contextmanager
@@ -136,14 +148,14 @@ def base_env(extra: dict[str, str]) -> dict[str, str]:
 
 @contextmanager
 def celery_workers(names: list[str], env: dict[str, str], logs: Path):
-    """dagster-celery workers (one task at a time each), as deploy/cluster.sh starts them."""
+    """dagster-celery workers (one task at a time each), started by deploy/cluster.sh as on a cluster."""
     procs = []
     try:
         for name in names:
             log = open(logs / f"worker-{name}.log", "wb")
             procs.append(
                 subprocess.Popen(
-                    [str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app", "-y", str(ROOT / "deploy" / "celery.yaml"), "-n", name, "--", "-c", "1", "-P", "solo"],
+                    ["bash", str(ROOT / "deploy" / "cluster.sh"), "worker", name],
                     cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                 )
             )
@@ -154,12 +166,26 @@ def celery_workers(names: list[str], env: dict[str, str], logs: Path):
 
 
 @contextmanager
-def dagster_daemon(env: dict[str, str], logs: Path):
+def dagster_daemon(env: dict[str, str], logs: Path, cwd: Path = ROOT):
     proc = subprocess.Popen(
         [str(BIN / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
-        cwd=ROOT, env=env, stdout=open(logs / "daemon.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=cwd, env=env, stdout=open(logs / "daemon.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
         yield proc
     finally:
         stop(proc, grace=60)
+
+
+@contextmanager
+def dagster_webserver(env: dict[str, str], logs: Path, cwd: Path = ROOT):
+    """`dagster-webserver -w workspace.yaml` on a free port; yields the port."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "dagster-webserver"), "-w", str(ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
+        cwd=cwd, env=env, stdout=open(logs / "webserver.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        yield port
+    finally:
+        stop(proc, grace=30)

@@ -8,7 +8,7 @@ import pytest
 
 import re
 
-from curation_assets.methods.tagging import keyphrase_tags, parse_tags, parse_tags_reference, tagging_messages
+from curation_assets.methods.tagging import critic_messages, keyphrase_tags, parse_tags, parse_tags_reference, same_tags, tagging_messages
 from openai_stub import stub_server, tags_json
 from resources.llm import ChatModelResource, ParseError
 from resources.models import EmbedderResource
@@ -198,6 +198,51 @@ def test_http_backend_gives_up_with_a_reason_and_keeps_the_row():
     assert results[1].error.startswith("unparseable answer") and results[1].text == "I cannot do that."
     assert results[2].error.startswith("HTTP 400") and results[2].attempts == 1  # not retried
     assert results[3].error.startswith("timed out")
+
+
+def critic_reply(body, attempt):
+    """Tags "Math"; the critic splits it into two atomic tags, accepts them, and fails on "garbled"."""
+    text = body["messages"][-1]["content"]
+    if not text.startswith("A tagger listed"):
+        return 200, tags_json("Math"), 0
+    current = [t["tag"] for t in json.loads(text.split("Tags:\n", 1)[1].split("\n", 1)[0])["tags"]]
+    if "garbled" in text:
+        return 200, "Looks fine to me!", 0
+    if current == ["Math"]:
+        return 200, json.dumps({"tags": [{"tag": "linear equations", "explanation": "x"}, {"tag": "integer division", "explanation": "y"}]}), 0
+    return 200, json.dumps({"tags": [{"tag": t.upper(), "explanation": ""} for t in reversed(current)]}), 0  # the same concepts
+
+
+def test_critic_pass_corrects_tags_until_the_critic_accepts_them():
+    with stub_server(critic_reply) as (stub, url):
+        tagger = http_tagger(url, prompt_style="atomic", critic_rounds=3)
+        [result] = tagger.tag(["Solve 3x = 9 and divide 7 by 2."])
+    assert result.ok and [t["tag"] for t in result.value] == ["linear equations", "integer division"]
+    assert stub.calls == 3 and result.attempts == 3  # tag, a correcting critic round, an accepting one
+    assert result.error is None
+
+
+def test_critic_rounds_are_bounded_and_a_failed_critic_keeps_the_tags():
+    with stub_server(critic_reply) as (stub, url):
+        [one_round] = http_tagger(url, prompt_style="atomic", critic_rounds=1).tag(["Solve 3x = 9."])
+        [garbled] = http_tagger(url, prompt_style="atomic", critic_rounds=2, max_retries=1).tag(["garbled query"])
+        [off] = http_tagger(url, prompt_style="atomic").tag(["Solve 3x = 9."])
+    assert [t["tag"] for t in one_round.value] == ["linear equations", "integer division"] and one_round.attempts == 2
+    assert garbled.ok and [t["tag"] for t in garbled.value] == ["Math"] and garbled.attempts == 3  # 1 + 2 critic tries
+    assert garbled.error.startswith("critic round 1: unparseable answer") and garbled.error.endswith("kept the tags before it")
+    assert [t["tag"] for t in off.value] == ["Math"] and off.attempts == 1
+
+
+def test_critic_prompt_is_filled_once_and_versions_the_cache():
+    tags = [{"tag": "Math {tags}", "explanation": "x"}]
+    user = critic_messages("What is '{instruction}'?", tags)[1]["content"]
+    assert "What is '{instruction}'?" in user and '{"tags":[{"tag":"Math {tags}","explanation":"x"}]}' in user
+    assert same_tags([{"tag": "A b"}, {"tag": "c"}], [{"tag": "C"}, {"tag": "a B"}]) and not same_tags([{"tag": "a"}], [{"tag": "a"}, {"tag": "b"}])
+    base = TaggerResource(backend="openai", prompt_style="atomic")
+    assert base.version() == TaggerResource(backend="openai", prompt_style="atomic", critic_rounds=0).version()
+    assert base.version() != TaggerResource(backend="openai", prompt_style="atomic", critic_rounds=1).version()
+    with pytest.raises(ValueError):
+        TaggerResource(backend="openai", critic_rounds=4)  # the paper's loop has at most 3 rounds
 
 
 # --------------------------------------------------------------------------- transformers backend

@@ -4,7 +4,9 @@ Two prompt styles (research/tags-tacos.md):
 - "instag": InsTag's intention tagging, reused by TACOS (§1.2, §3): coarse intention tags with an
   explanation, answered as a JSON list `[{"tag", "explanation"}]`. Only the instruction is shown.
 - "atomic": TAGS's fine-grained tagging (§2.2): the atomic knowledge concepts and skills a query
-  needs, answered as `{"tags": [{"tag", "explanation"}]}`.
+  needs, answered as `{"tags": [{"tag", "explanation"}]}`. Optionally followed by TAGS's critic pass
+  (§2.2, the paper's Act–Critic loop): a second call shows the query and its tags and asks for the
+  corrected list (missing, too broad or non-atomic tags fixed), at most 3 rounds.
 The offline default ("keyphrase") needs no LLM: KeyBERT keyphrases of the instruction, chosen by
 embedding similarity with maximal-marginal-relevance diversity.
 """
@@ -45,6 +47,20 @@ ATOMIC_USER = (
     "Answer strictly in this JSON format: {{\"tags\": [{{\"tag\": str, \"explanation\": str}}]}}"
 )
 PROMPTS = {"instag": (INSTAG_SYSTEM, INSTAG_USER), "atomic": (ATOMIC_SYSTEM, ATOMIC_USER)}
+CRITIC_SYSTEM = "You are a strict reviewer of knowledge tags. Answer in JSON only."
+CRITIC_USER = (
+    "A tagger listed the atomic knowledge concepts and skills that answering the query below requires.\n"
+    "Check its tags and correct them:\n"
+    "- add a concept the query needs that is missing;\n"
+    "- replace a tag that is too broad (for example \"Mathematics\") with the specific concept;\n"
+    "- split a tag that names more than one concept.\n"
+    "Each tag stays a short noun phrase of 2 to 6 words; give between 3 and 10 tags.\n"
+    "Query:\n[begin]\n{instruction}\n[end]\n"
+    "Tags:\n{tags}\n"
+    "Answer strictly in this JSON format with the corrected list, or the same list if it needs no change: "
+    "{{\"tags\": [{{\"tag\": str, \"explanation\": str}}]}}"
+)
+MAX_CRITIC_ROUNDS = 3  # the paper's Act–Critic loop stops after at most 3 iterations
 MAX_TAG_CHARS = 120
 
 _FENCE = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\r?\n?(.*?)\r?\n?[ \t]*```", re.DOTALL)
@@ -55,6 +71,17 @@ def tagging_messages(instruction: str, style: str) -> Messages:
     instruction that looks like a placeholder is left alone (TACOS's chained replace was not)."""
     system, user = PROMPTS[style]
     return [{"role": "system", "content": system}, {"role": "user", "content": user.format(instruction=instruction)}]
+
+
+def critic_messages(instruction: str, tags: list[dict[str, str]]) -> Messages:
+    """The critic's chat messages for one query and its current tags (filled once, like the tagger's)."""
+    listed = orjson.dumps({"tags": [{"tag": t["tag"], "explanation": t.get("explanation", "")} for t in tags]}).decode()
+    return [{"role": "system", "content": CRITIC_SYSTEM}, {"role": "user", "content": CRITIC_USER.format(instruction=instruction, tags=listed)}]
+
+
+def same_tags(a: list[dict[str, str]], b: list[dict[str, str]]) -> bool:
+    """Whether two tag lists name the same concepts (case and order aside): the critic accepted."""
+    return sorted({t["tag"].casefold() for t in a}) == sorted({t["tag"].casefold() for t in b})
 
 
 def parse_tags(text: str) -> list[dict[str, str]]:
