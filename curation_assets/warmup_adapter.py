@@ -66,8 +66,9 @@ def _loss_plot(losses: list[dict]) -> dg.MetadataValue:
     description="LESS warm-up LoRA: one adapter and Adam state per epoch (safetensors), with the learning-rate weights of the checkpoints.",
 )
 def warmup_adapter(context: dg.AssetExecutionContext, config: WarmupConfig, target_model: TargetModelResource, storage: CurationStorage) -> dg.MaterializeResult:
-    pool = pool_rows(shard_frames(context, storage, "raw_pool")).select("row_id", "messages", "system_prompt").collect()
-    if pool.is_empty():
+    stored = shard_frames(context, storage, "raw_pool")  # None when no raw_pool shard is materialized
+    pool = pool_rows(stored).select("row_id", "messages", "system_prompt").collect() if stored is not None else None
+    if pool is None or pool.is_empty():
         raise dg.Failure("the pool is empty: land and materialize raw_pool first")
     picked = warmup_share(pool["row_id"].to_list(), config.share, config.seed)
     rows = pool[picked]

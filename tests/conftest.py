@@ -23,6 +23,28 @@ def raw_data() -> Path:
     return RAW
 
 
+@pytest.fixture(scope="session")
+def real_tags(raw_data):
+    """Keyphrase tags of 300 real instructions (GPTeacher code + GSM8K math + roleplay): (rows,
+    leaf labels, their vectors, their counts, the embedder's encode), for the tree tests."""
+    import json
+
+    import polars as pl
+
+    texts = [r["instruction"] for r in json.loads((raw_data / "gpteacher" / "codegen-instruct.json").read_text())[:100]]
+    texts += [json.loads(line)["question"] for line in (raw_data / "gsm8k" / "train.jsonl").read_text().splitlines()[:100]]
+    texts += [r["instruction"] for r in json.loads((raw_data / "gpteacher" / "roleplay-simple-deduped-roleplay-instruct.json").read_text())[:100]]
+    from curation_assets.methods.tagging import keyphrase_tags
+    from resources.models import EmbedderResource
+
+    encode = EmbedderResource().encode
+    tags = keyphrase_tags(texts, encode, top_n=3)
+    rows = pl.DataFrame({"row_id": [f"r{i}" for i in range(len(texts))], "canonical_tags": [sorted({t["tag"] for t in ts}) for ts in tags]})
+    leaves = rows.explode("canonical_tags").drop_nulls().group_by("canonical_tags").len().sort("canonical_tags")
+    labels = leaves["canonical_tags"].to_list()
+    return rows, labels, encode(labels), leaves["len"].to_numpy(), encode
+
+
 @pytest.fixture
 def resources(tmp_path):
     return build_resources(str(tmp_path / "home"))

@@ -1,24 +1,15 @@
-"""TACOS comparative scoring: judge answers, pairing, Bradley-Terry, and the asset with a judge
-served on localhost."""
+"""methods/comparative.py (TACOS's judge): answers, prompts, the pairing plan, clusters, Bradley-Terry.
+The comparative_scores asset is tested in test_instance_scores.py."""
 
-import json
 import re
 
-import dagster as dg
 import numpy as np
-import polars as pl
 import pytest
 
-from conftest import land
-from curation_assets.instance_scores import JudgeResource, comparative_scores
 from curation_assets.methods import selection
 from curation_assets.methods.comparative import (
     PAIR_PROMPT, bradley_terry, cluster_members, pair_messages, parse_pair_scores, parse_pair_scores_reference, plan_comparisons,
 )
-from curation_assets.normalized_tags import normalized_tags
-from curation_assets.open_tags import open_tags
-from curation_assets.raw_pool import raw_pool
-from openai_stub import stub_server
 from resources.llm import ParseError
 
 
@@ -138,102 +129,3 @@ def test_bradley_terry_orders_by_wins_and_solves_its_likelihood_equations():
         assert abs(observed - expected) < 1e-8
     assert bradley_terry(["x", "y"], ["y", "x"], [1, 1]) == {"x": 0.0, "y": 0.0}
     assert bradley_terry([], [], []) == {}
-
-
-def test_bradley_terry_counts_each_call_once_and_odd_leftovers_too():
-    from curation_assets.methods.tacos import bradley_terry_strengths
-
-    # Cluster 0: a beat b (both rows kept); c is the odd leftover, judged beside a and kept alone.
-    judged = pl.DataFrame(
-        {"row_id": ["a", "b", "c"], "cluster": [0, 0, 0], "round": [0, 0, 0], "position": [1, 2, 1],
-         "partner": ["b", "a", "a"], "score": [80.0, 60.0, 90.0], "partner_score": [60.0, 80.0, 70.0], "error": [None, None, None]},
-        schema_overrides={"position": pl.Int8, "cluster": pl.Int32, "round": pl.Int32},
-    )
-    assert bradley_terry_strengths(judged) == pytest.approx(bradley_terry(["a", "c"], ["b", "a"], [1.0, 1.0]))
-    strength = bradley_terry_strengths(judged)
-    assert strength["c"] > strength["a"] > strength["b"]
-
-
-def test_asset_scores_pairs_within_clusters_with_a_local_judge(tmp_path, resources, instance):
-    rows = [{"instruction": f"Write a Python function number {i} that sorts a list.", "output": "x" * (10 + i)} for i in range(5)]
-    rows += [{"instruction": f"Explain photosynthesis in plants, part {i}.", "output": "y" * (5 + i)} for i in range(4)]
-    for row in rows[:5]:
-        row["input"] = "[1, 3, 2]"
-    path = tmp_path / "pool.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    key = land(resources, path)
-    instance.add_dynamic_partitions("pool_shards", [key])
-    assets = [raw_pool, open_tags, normalized_tags, comparative_scores]
-    config = {"ops": {"normalized_tags": {"config": {"alpha": 1, "n_clusters": 2, "merge_threshold": None}}}}
-    assert dg.materialize(assets[:2], resources=resources, partition_key=key, instance=instance).success
-
-    seen = []
-
-    def reply(body, attempt):
-        user = body["messages"][-1]["content"]
-        seen.append(body["messages"])
-        lengths = [len(x) for x in re.findall(r"\[Response \d\]\n([xy]+)", user)]
-        if "part 2" in user and attempt == 0:
-            return 200, "Both are fine.", 0  # no scores: re-asked
-        return 200, f"Analysis.\n[Response 1]: {min(100, 50 + lengths[0])}\n[Response 2]: {min(100, 50 + lengths[1])}", 0
-
-    with stub_server(reply) as (stub, url):
-        judged = {**resources, "judge": JudgeResource(enabled=True, base_url=url, model="stub", backoff_s=0.01)}
-        result = dg.materialize(assets, resources=judged, instance=instance, selection=["normalized_tags", "tag_vocabulary", "comparative_scores"], run_config=config)
-        assert result.success
-        table = pl.read_parquet(resources["storage"].asset_file("comparative_scores"))
-        calls = stub.calls
-        # The same pairs are not judged twice.
-        again = dg.materialize(assets, resources=judged, instance=instance, selection=[comparative_scores.key])
-        assert again.success and stub.calls == calls
-    assert table.height > 0 and table["score"].null_count() == 0 and table["partner_score"].null_count() == 0
-    # The AlpaGasus system message, and Alpaca's input right after the instruction (api_score_pairs.py).
-    assert {m[0]["content"] for m in seen} == {"You are a helpful and precise assistant for checking the quality of the answer."}
-    assert any(re.search(r"that sorts a list\.\[1, 3, 2\]\n", m[-1]["content"]) for m in seen)
-    assert table.filter(pl.col("score") == 0).is_empty()
-    scored_rows = set(table["row_id"])
-    tags = pl.read_parquet(resources["storage"].asset_file("normalized_tags"))
-    reps = set(tags.filter(pl.col("labelset_representative"))["row_id"])
-    assert scored_rows <= reps
-    meta = result.asset_materializations_for_node("comparative_scores")[0].metadata
-    assert meta["failed_judgements"].value == 0 and "data:image/png" in meta["score_histogram"].value
-
-
-def test_asset_with_the_reference_parser(tmp_path, resources, instance):
-    rows = [{"instruction": f"Write a Python function number {i} that sorts a list.", "output": "x" * (10 + i)} for i in range(5)]
-    rows += [{"instruction": f"Explain photosynthesis in plants, part {i}.", "output": "y" * (5 + i)} for i in range(4)]
-    path = tmp_path / "pool.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    key = land(resources, path)
-    instance.add_dynamic_partitions("pool_shards", [key])
-    assets = [raw_pool, open_tags, normalized_tags, comparative_scores]
-    assert dg.materialize(assets[:2], resources=resources, partition_key=key, instance=instance).success
-
-    def reply(body, attempt):
-        user = body["messages"][-1]["content"]
-        return 200, ("I like both." if "part 1" in user else "[Response 1] Score: 150\n[Response 2] Score: 70"), 0
-
-    config = {"ops": {"normalized_tags": {"config": {"alpha": 1, "n_clusters": 2, "merge_threshold": None}}, "comparative_scores": {"config": {"parser": "reference"}}}}
-    with stub_server(reply) as (stub, url):
-        judged = {**resources, "judge": JudgeResource(enabled=True, base_url=url, model="stub", backoff_s=0.01)}
-        result = dg.materialize(assets, resources=judged, instance=instance, selection=["normalized_tags", "tag_vocabulary", "comparative_scores"], run_config=config)
-        assert result.success
-    table = pl.read_parquet(resources["storage"].asset_file("comparative_scores"))
-    tags = pl.read_parquet(resources["storage"].asset_file("normalized_tags"))
-    members = cluster_members(tags.filter(pl.col("labelset_representative")).sort("labelset_first_seen").select("row_id", "clusters_in_tag_order").iter_rows())
-    # Consecutive pairs only, an odd cluster's last item dropped; one call per pair, none re-asked.
-    assert table.height == sum(len(m) // 2 * 2 for m in members.values()) == 2 * stub.calls
-    assert set(table["score"].to_list()) <= {150.0, 70.0, 0.0} and table["error"].null_count() == table.height
-    assert 150.0 in table["score"].to_list()
-
-
-def test_disabled_judge_gives_an_empty_table(tmp_path, resources, instance):
-    path = tmp_path / "p.jsonl"
-    path.write_text(json.dumps({"instruction": "Say hi.", "output": "Hi."}) + "\n")
-    key = land(resources, path)
-    instance.add_dynamic_partitions("pool_shards", [key])
-    assets = [raw_pool, open_tags, normalized_tags, comparative_scores]
-    assert dg.materialize(assets[:2], resources=resources, partition_key=key, instance=instance).success
-    result = dg.materialize(assets, resources=resources, instance=instance, selection=["normalized_tags", "tag_vocabulary", "comparative_scores"],
-                            run_config={"ops": {"normalized_tags": {"config": {"alpha": 1}}}})
-    assert result.success and pl.read_parquet(resources["storage"].asset_file("comparative_scores")).is_empty()

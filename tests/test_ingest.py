@@ -1,6 +1,10 @@
-"""Reading every format and shape, and quarantining every kind of bad record (pure method code)."""
+"""methods/ingest.py: reading every format and shape, and quarantining every kind of bad record;
+hostile input (deeply nested records, control characters) and a property-based fuzz of every reader
+and the normalizer (no crash; every record ends in the pool or in quarantine, once)."""
 
+import csv
 import gzip
+import io
 import json
 
 import polars as pl
@@ -8,13 +12,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from curation_assets.methods.ingest import (
     IngestOptions,
+    RecordError,
     UnreadableFileError,
     count_records,
+    finish_pool,
     ingest_file,
     mark_duplicates,
+    nesting_depth_exceeds,
     normalize_record,
     row_id_for,
 )
@@ -230,3 +239,248 @@ def test_target_prompts_without_responses(tmp_path):
 def test_mark_duplicates_within_the_file():
     pool = pl.LazyFrame({"row_id": ["b", "a", "b", "c"], "source_partition": ["new"] * 4, "source_row": [1, 2, 3, 4]})
     assert mark_duplicates(pool).collect()["duplicate_of"].to_list() == [None, None, "new#1", None]
+
+
+# --------------------------------------------------------------------------- hostile input
+
+
+GOOD = {"instruction": "Name a prime number.", "output": "Seven."}
+
+
+def deep(levels: int):
+    value: object = "bottom"
+    for _ in range(levels):
+        value = [value]
+    return {"instruction": "deep", "output": "x", "payload": value}
+
+
+def deep_text(levels: int) -> str:
+    """The JSON text of a record nesting `levels` lists (built as text: no recursion anywhere)."""
+    return '{"instruction": "deep", "output": "x", "payload": ' + "[" * levels + '"bottom"' + "]" * levels + "}"
+
+
+def ingest(tmp_path, path, opts=None):
+    summary = ingest_file(path, opts or IngestOptions(), partition="p", source_file=path.name, staging_dir=tmp_path / "stage")
+    pool = pl.concat([pl.read_parquet(p) for p in summary.pool_parts]) if summary.pool_parts else pl.DataFrame()
+    quarantine = pl.concat([pl.read_parquet(p) for p in summary.quarantine_parts]) if summary.quarantine_parts else pl.DataFrame()
+    return summary, pool, quarantine
+
+
+@pytest.mark.parametrize(
+    "name,text",
+    [
+        ("array.json", "[" + json.dumps(GOOD) + ", " + deep_text(10_000) + ", " + json.dumps(GOOD | {"output": "Eleven."}) + "]"),
+        ("object.json", '{"data": [' + json.dumps(GOOD) + ", " + deep_text(10_000) + ", " + json.dumps(GOOD | {"output": "Eleven."}) + "]}"),
+        ("lines.jsonl", json.dumps(GOOD) + "\n" + deep_text(10_000) + "\n" + json.dumps(GOOD | {"output": "Eleven."}) + "\n"),
+        ("lines.jsonl.gz", json.dumps(GOOD) + "\n" + deep_text(200) + "\n" + json.dumps(GOOD | {"output": "Eleven."}) + "\n"),
+    ],
+)
+def test_a_deep_record_is_quarantined_too_deep_and_the_rest_ingests(tmp_path, name, text):
+    path = tmp_path / name
+    data = text.encode()
+    path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    summary, pool, quarantine = ingest(tmp_path, path)
+    assert summary.input_records == 3 == count_records(path, IngestOptions())
+    assert pool["source_row"].to_list() == [1, 3]
+    assert quarantine["reason"].to_list() == ["too_deep"] and quarantine["source_row"].to_list() == [2]
+    assert "64 levels" in quarantine["detail"][0]
+
+
+def test_depth_bound_is_a_setting(tmp_path):
+    assert not nesting_depth_exceeds(deep(10), 64)
+    assert nesting_depth_exceeds(deep(10), 5)
+    assert nesting_depth_exceeds(deep(100_000), 64)  # iterative: no RecursionError
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps(deep(10)) + "\n" + json.dumps(GOOD) + "\n")
+    assert ingest(tmp_path, path)[0].quarantined == 0
+    summary, _, quarantine = ingest(tmp_path, path, IngestOptions(max_depth=5))
+    assert summary.pool_rows == 1 and quarantine["reason"].to_list() == ["too_deep"]
+
+
+def test_a_deep_parquet_record_is_quarantined(tmp_path):
+    # pyarrow reads schemas up to 100 levels (a list is 2-3 of them); the bound is set lower here.
+    levels = 20
+    payload_type: pa.DataType = pa.string()
+    for _ in range(levels):
+        payload_type = pa.list_(payload_type)
+    payloads = [deep(levels)["payload"], None]
+    table = pa.table(
+        {"instruction": ["deep", "flat"], "output": ["x", "y"], "payload": pa.array(payloads, type=payload_type)}
+    )
+    path = tmp_path / "deep.parquet"
+    pq.write_table(table, path)
+    summary, pool, quarantine = ingest(tmp_path, path, IngestOptions(max_depth=10))
+    assert (summary.pool_rows, summary.quarantined) == (1, 1)
+    assert quarantine["reason"].to_list() == ["too_deep"] and pool["instruction"].to_list() == ["flat"]
+
+
+# --------------------------------------------------------------------------- control characters
+
+
+def test_control_characters_are_stripped_from_all_text(tmp_path):
+    path = tmp_path / "cells.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["instruction", "input", "output", "system"])
+        w.writerow(["Add\x00 two\x1b[31m numbers.", "1\x07 and 2", "Three.\x00\x7f", "Be\x85 brief."])
+        w.writerow(["Tabs\tand\nnewlines stay.", "", "Yes\r\nthey do.", ""])
+        w.writerow(["Only debris here", "", "\x00\x01\x02", ""])
+    summary, pool, quarantine = ingest(tmp_path, path)
+    first = pool.row(0, named=True)
+    assert first["instruction"] == "Add two[31m numbers."
+    assert first["input"] == "1 and 2" and first["response"] == "Three." and first["system_prompt"] == "Be brief."
+    assert first["messages"][0]["content"] == "Add two[31m numbers.\n1 and 2"
+    # Identity follows the stored (clean) text.
+    assert first["row_id"] == row_id_for("Be brief.", [{"role": "user", "content": "Add two[31m numbers.\n1 and 2"}, {"role": "assistant", "content": "Three."}])
+    assert pool.row(1, named=True)["response"] == "Yes\r\nthey do."
+    # A response made only of control characters is empty once they are gone.
+    assert quarantine["reason"].to_list() == ["empty_response"]
+    for column in ("instruction", "input", "response", "system_prompt"):
+        assert not pool[column].fill_null("").str.contains("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]").any()
+
+
+def test_lone_surrogate_is_quarantined_invalid_utf8():
+    with pytest.raises(RecordError) as err:
+        normalize_record({"instruction": "bad \ud800 text", "output": "ok"}, IngestOptions())
+    assert err.value.code == "invalid_utf8"
+
+
+# --------------------------------------------------------------------------- fuzz
+
+
+TEXT = st.text(alphabet=st.characters(codec="utf-8", categories=None), max_size=30) | st.sampled_from(
+    ["", " ", "\x00", "ok", "<|endoftext|>", "\x1b[0m", "\u2028", "\ufeff", "user", "gpt"]
+)
+SCALAR = st.none() | st.booleans() | st.integers(-(2**60), 2**60) | st.floats(allow_nan=False, allow_infinity=False) | TEXT
+JSON_VALUE = st.recursive(SCALAR, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4), max_leaves=12)
+TURN = st.fixed_dictionaries({}, optional={"role": TEXT | st.sampled_from(["user", "assistant", "system", "tool"]), "content": TEXT | SCALAR, "from": st.sampled_from(["human", "gpt", "system", "bot"]), "value": TEXT})
+RECORD = st.one_of(
+    st.fixed_dictionaries({"instruction": TEXT}, optional={"input": TEXT | SCALAR, "output": TEXT | SCALAR, "response": TEXT, "system": TEXT | SCALAR, "history": JSON_VALUE}),
+    st.fixed_dictionaries({"prompt": TEXT | SCALAR}, optional={"completion": TEXT | SCALAR}),
+    st.fixed_dictionaries({"question": TEXT}, optional={"answer": TEXT | SCALAR}),
+    st.fixed_dictionaries({"messages": st.lists(TURN, max_size=4) | JSON_VALUE}),
+    st.fixed_dictionaries({"conversations": st.lists(TURN, max_size=4)}),
+    st.fixed_dictionaries({"turns": JSON_VALUE}),
+    st.dictionaries(TEXT, JSON_VALUE, max_size=4),
+    JSON_VALUE,
+)
+class Deep(int):
+    """A record nesting this many levels, written as text (json.dumps would recurse)."""
+
+
+DEEP = st.integers(60, 3000).map(Deep)
+
+
+def _json_text(record) -> str:
+    return deep_text(record) if isinstance(record, Deep) else json.dumps(record)
+
+
+def _written_json(records) -> bytes:
+    return ("[" + ", ".join(map(_json_text, records)) + "]").encode()
+
+
+def _written_jsonl(records) -> bytes:
+    return "".join(_json_text(r) + "\n" for r in records).encode()
+
+
+def _compress(data: bytes, compression: str) -> bytes:
+    return {"": lambda d: d, ".gz": gzip.compress, ".zst": zstandard.ZstdCompressor().compress}[compression](data)
+
+
+def _check_accounts(tmp_path, path, expected: int, opts=None):
+    """No crash; input = pool + quarantine, each source row once; duplicates are flagged, not lost."""
+    opts = opts or IngestOptions(max_record_bytes=20_000)
+    summary, pool, quarantine = ingest(tmp_path, path, opts)
+    assert summary.input_records == expected == count_records(path, opts)
+    assert pool.height + quarantine.height == expected == summary.pool_rows + summary.quarantined
+    rows = (pool["source_row"].to_list() if pool.height else []) + (quarantine["source_row"].to_list() if quarantine.height else [])
+    assert len(set(rows)) == len(rows)
+    if pool.height:
+        finished = finish_pool(pool.lazy()).collect()
+        canonical = int(finished["duplicate_of"].is_null().sum())
+        assert canonical + int(finished["duplicate_of"].is_not_null().sum()) + quarantine.height == expected
+        assert not pool["response"].str.contains("\x00").any()
+
+
+FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+@FUZZ
+@given(records=st.lists(RECORD | DEEP, max_size=8), fmt=st.sampled_from(["json", "jsonl"]), compression=st.sampled_from(["", ".gz", ".zst"]))
+def test_fuzz_json_readers_account_for_every_record(tmp_path_factory, records, fmt, compression):
+    tmp_path = tmp_path_factory.mktemp("fuzz")
+    path = tmp_path / f"pool.{fmt}{compression}"
+    path.write_bytes(_compress(_written_json(records) if fmt == "json" else _written_jsonl(records), compression))
+    _check_accounts(tmp_path, path, len(records))
+
+
+CELL = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\r"), max_size=20)
+
+
+@FUZZ
+@given(
+    rows=st.lists(st.lists(CELL, min_size=1, max_size=5), max_size=8),
+    header=st.sampled_from([["instruction", "input", "output"], ["prompt", "completion"], ["question", "answer", "x"], ["a", "b"]]),
+    fmt=st.sampled_from(["csv", "tsv"]),
+    compression=st.sampled_from(["", ".gz", ".zst"]),
+)
+def test_fuzz_delimited_readers_account_for_every_record(tmp_path_factory, rows, header, fmt, compression):
+    tmp_path = tmp_path_factory.mktemp("fuzz")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter="\t" if fmt == "tsv" else ",", lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    path = tmp_path / f"pool.{fmt}{compression}"
+    path.write_bytes(_compress(buffer.getvalue().encode(), compression))
+    # Records as the csv module itself reads them back (a row of one empty cell is a blank line).
+    expected = sum(1 for r in csv.reader(io.StringIO(buffer.getvalue()), delimiter="\t" if fmt == "tsv" else ",")) - 1
+    _check_accounts(tmp_path, path, expected)
+
+
+@FUZZ
+@given(
+    rows=st.lists(
+        st.fixed_dictionaries(
+            {"instruction": st.none() | TEXT, "output": st.none() | TEXT, "tags": st.none() | st.lists(TEXT, max_size=3)},
+        ),
+        max_size=8,
+    ),
+    nested=st.integers(1, 25),
+)
+def test_fuzz_parquet_reader_accounts_for_every_record(tmp_path_factory, rows, nested):
+    tmp_path = tmp_path_factory.mktemp("fuzz")
+    payload_type: pa.DataType = pa.string()
+    for _ in range(nested):
+        payload_type = pa.list_(payload_type)
+    table = pa.table(
+        {
+            "instruction": pa.array([r["instruction"] for r in rows], pa.string()),
+            "output": pa.array([r["output"] for r in rows], pa.string()),
+            "tags": pa.array([r["tags"] for r in rows], pa.list_(pa.string())),
+            "payload": pa.array([deep(nested)["payload"] if i % 2 else None for i in range(len(rows))], payload_type),
+        }
+    )
+    path = tmp_path / "pool.parquet"
+    pq.write_table(table, path)
+    _check_accounts(tmp_path, path, len(rows), IngestOptions(max_record_bytes=20_000, max_depth=12))
+
+
+@settings(max_examples=300, deadline=None)
+@given(record=RECORD)
+def test_fuzz_normalizer_returns_a_row_or_a_reason(record):
+    try:
+        norm = normalize_record(record, IngestOptions())
+    except RecordError as exc:
+        assert exc.code and isinstance(exc.detail, str)
+        return
+    assert norm.instruction.strip() and norm.messages and norm.messages[-1]["role"] == "assistant"
+    for turn in norm.messages:
+        assert "\x00" not in turn["content"]
+    row_id_for(norm.system, norm.messages)
+
+
+def test_unreadable_file_still_names_itself(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text('[{"instruction": "a", "output": "b"}, {"instr')
+    with pytest.raises(UnreadableFileError, match="broken.json"):
+        ingest(tmp_path, path)

@@ -1,53 +1,27 @@
-"""The scorer resource and the instance_scores asset (incremental, versioned, explained)."""
+"""instance_scores.py: the scorer resource, the instance_scores asset (incremental, versioned,
+explained) and the comparative_scores asset with a judge served on localhost."""
 
 import json
+import re
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import polars as pl
 import pytest
-import torch
 
-import curation_assets.methods.token_losses as engine
-from conftest import ingested_shard
-from curation_assets.instance_scores import instance_scores
-from curation_assets.methods.ifd import Sample, plain_ifd
+from conftest import ingested_shard, land
+from curation_assets.instance_scores import JudgeResource, comparative_scores, instance_scores
+from curation_assets.methods.comparative import cluster_members
+from curation_assets.normalized_tags import normalized_tags
+from curation_assets.open_tags import open_tags
 from curation_assets.raw_pool import raw_pool
+from openai_stub import stub_server
 from resources.models import ModelNotAvailableError
 from resources.scorer import CausalLMScorerResource
 from metadata import table_text
 
 FIXTURES = Path(__file__).parent / "fixtures"
-
-
-def test_out_of_memory_batches_are_split(monkeypatch):
-    scorer = CausalLMScorerResource(model=str(FIXTURES / "tiny_gpt2"))
-    tokenizer, model = scorer.load()
-    samples = [Sample(r["instruction"], r["input"], r["output"]) for r in json.loads((FIXTURES / "parity_rows.json").read_text())[:12]]
-    expected = plain_ifd(model, tokenizer, samples)
-    real = engine._forward_batch
-    sizes = []
-
-    def small_gpu(model, requests, *args):
-        sizes.append(len(requests))
-        if len(requests) > 3:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(model, requests, *args)
-
-    monkeypatch.setattr(engine, "_forward_batch", small_gpu)
-    got = plain_ifd(model, tokenizer, samples, token_budget=1 << 20)
-    assert sizes[0] == 24 and sum(s for s in sizes if s <= 3) == 24  # every request ran once, in smaller batches
-    for a, b in zip(got, expected):
-        assert (np.isnan(a.ifd_ppl) and np.isnan(b.ifd_ppl)) or abs(a.ifd_ppl - b.ifd_ppl) < 1e-6
-
-
-def test_batches_respect_the_token_budget():
-    lengths = [5, 50, 7, 48, 6, 49, 100]
-    batches = engine.batches_by_budget(lengths, token_budget=120, max_rows=8)
-    assert sorted(i for b in batches for i in b) == list(range(7))
-    assert all(max(lengths[i] for i in b) * len(b) <= 120 or len(b) == 1 for b in batches)
-    assert batches[0] == [6]  # longest first
 
 
 def test_missing_model_is_a_clear_error(monkeypatch):
@@ -113,3 +87,91 @@ def test_iterit_template_setting(tmp_path):
     assert chat_template(IterITSettings(iterit_chat_template=str(custom))) == custom.read_text()
     with pytest.raises(ValueError, match="neither"):
         chat_template(IterITSettings(iterit_chat_template="llama-9"))
+
+
+# --------------------------------------------------------------------------- comparative_scores (TACOS's judge)
+
+
+def test_asset_scores_pairs_within_clusters_with_a_local_judge(tmp_path, resources, instance):
+    rows = [{"instruction": f"Write a Python function number {i} that sorts a list.", "output": "x" * (10 + i)} for i in range(5)]
+    rows += [{"instruction": f"Explain photosynthesis in plants, part {i}.", "output": "y" * (5 + i)} for i in range(4)]
+    for row in rows[:5]:
+        row["input"] = "[1, 3, 2]"
+    path = tmp_path / "pool.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    key = land(resources, path)
+    instance.add_dynamic_partitions("pool_shards", [key])
+    assets = [raw_pool, open_tags, normalized_tags, comparative_scores]
+    config = {"ops": {"normalized_tags": {"config": {"alpha": 1, "n_clusters": 2, "merge_threshold": None}}}}
+    assert dg.materialize(assets[:2], resources=resources, partition_key=key, instance=instance).success
+
+    seen = []
+
+    def reply(body, attempt):
+        user = body["messages"][-1]["content"]
+        seen.append(body["messages"])
+        lengths = [len(x) for x in re.findall(r"\[Response \d\]\n([xy]+)", user)]
+        if "part 2" in user and attempt == 0:
+            return 200, "Both are fine.", 0  # no scores: re-asked
+        return 200, f"Analysis.\n[Response 1]: {min(100, 50 + lengths[0])}\n[Response 2]: {min(100, 50 + lengths[1])}", 0
+
+    with stub_server(reply) as (stub, url):
+        judged = {**resources, "judge": JudgeResource(enabled=True, base_url=url, model="stub", backoff_s=0.01)}
+        result = dg.materialize(assets, resources=judged, instance=instance, selection=["normalized_tags", "tag_vocabulary", "comparative_scores"], run_config=config)
+        assert result.success
+        table = pl.read_parquet(resources["storage"].asset_file("comparative_scores"))
+        calls = stub.calls
+        # The same pairs are not judged twice.
+        again = dg.materialize(assets, resources=judged, instance=instance, selection=[comparative_scores.key])
+        assert again.success and stub.calls == calls
+    assert table.height > 0 and table["score"].null_count() == 0 and table["partner_score"].null_count() == 0
+    # The AlpaGasus system message, and Alpaca's input right after the instruction (api_score_pairs.py).
+    assert {m[0]["content"] for m in seen} == {"You are a helpful and precise assistant for checking the quality of the answer."}
+    assert any(re.search(r"that sorts a list\.\[1, 3, 2\]\n", m[-1]["content"]) for m in seen)
+    assert table.filter(pl.col("score") == 0).is_empty()
+    scored_rows = set(table["row_id"])
+    tags = pl.read_parquet(resources["storage"].asset_file("normalized_tags"))
+    reps = set(tags.filter(pl.col("labelset_representative"))["row_id"])
+    assert scored_rows <= reps
+    meta = result.asset_materializations_for_node("comparative_scores")[0].metadata
+    assert meta["failed_judgements"].value == 0 and "data:image/png" in meta["score_histogram"].value
+
+
+def test_asset_with_the_reference_parser(tmp_path, resources, instance):
+    rows = [{"instruction": f"Write a Python function number {i} that sorts a list.", "output": "x" * (10 + i)} for i in range(5)]
+    rows += [{"instruction": f"Explain photosynthesis in plants, part {i}.", "output": "y" * (5 + i)} for i in range(4)]
+    path = tmp_path / "pool.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    key = land(resources, path)
+    instance.add_dynamic_partitions("pool_shards", [key])
+    assets = [raw_pool, open_tags, normalized_tags, comparative_scores]
+    assert dg.materialize(assets[:2], resources=resources, partition_key=key, instance=instance).success
+
+    def reply(body, attempt):
+        user = body["messages"][-1]["content"]
+        return 200, ("I like both." if "part 1" in user else "[Response 1] Score: 150\n[Response 2] Score: 70"), 0
+
+    config = {"ops": {"normalized_tags": {"config": {"alpha": 1, "n_clusters": 2, "merge_threshold": None}}, "comparative_scores": {"config": {"parser": "reference"}}}}
+    with stub_server(reply) as (stub, url):
+        judged = {**resources, "judge": JudgeResource(enabled=True, base_url=url, model="stub", backoff_s=0.01)}
+        result = dg.materialize(assets, resources=judged, instance=instance, selection=["normalized_tags", "tag_vocabulary", "comparative_scores"], run_config=config)
+        assert result.success
+    table = pl.read_parquet(resources["storage"].asset_file("comparative_scores"))
+    tags = pl.read_parquet(resources["storage"].asset_file("normalized_tags"))
+    members = cluster_members(tags.filter(pl.col("labelset_representative")).sort("labelset_first_seen").select("row_id", "clusters_in_tag_order").iter_rows())
+    # Consecutive pairs only, an odd cluster's last item dropped; one call per pair, none re-asked.
+    assert table.height == sum(len(m) // 2 * 2 for m in members.values()) == 2 * stub.calls
+    assert set(table["score"].to_list()) <= {150.0, 70.0, 0.0} and table["error"].null_count() == table.height
+    assert 150.0 in table["score"].to_list()
+
+
+def test_disabled_judge_gives_an_empty_table(tmp_path, resources, instance):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"instruction": "Say hi.", "output": "Hi."}) + "\n")
+    key = land(resources, path)
+    instance.add_dynamic_partitions("pool_shards", [key])
+    assets = [raw_pool, open_tags, normalized_tags, comparative_scores]
+    assert dg.materialize(assets[:2], resources=resources, partition_key=key, instance=instance).success
+    result = dg.materialize(assets, resources=resources, instance=instance, selection=["normalized_tags", "tag_vocabulary", "comparative_scores"],
+                            run_config={"ops": {"normalized_tags": {"config": {"alpha": 1}}}})
+    assert result.success and pl.read_parquet(resources["storage"].asset_file("comparative_scores")).is_empty()

@@ -60,3 +60,12 @@ def test_importing_every_method_module_loads_no_dagster_or_model_library():
     )
     run = subprocess.run([sys.executable, "-c", code, json.dumps(modules)], cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stdout + run.stderr[-2000:]
+
+
+def test_every_method_and_asset_module_has_its_test_module():
+    """Tests mirror the layout: tests/test_<module>.py for each methods/ module and each module
+    that defines Dagster assets (found by its decorators, so a new asset module needs its tests)."""
+    defines_assets = {p.stem for p in (ROOT / "curation_assets").glob("*.py") if any(d in p.read_text() for d in ("@dg.asset", "@dg.multi_asset"))}
+    assert ASSET_MODULES <= defines_assets
+    missing = [f"tests/test_{name}.py" for name in sorted({p.stem for p in METHODS} | defines_assets) if not (ROOT / "tests" / f"test_{name}.py").exists()]
+    assert not missing, f"modules without their test module: {missing}"

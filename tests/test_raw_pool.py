@@ -118,3 +118,23 @@ def test_run_config_defaults(tmp_path, resources, instance, config, reason):
     assert result.success
     quarantine = pl.read_parquet(resources["storage"].asset_file("raw_pool_quarantine", key))
     assert quarantine["reason"].to_list() == ([reason] if reason else [])
+
+GOOD = {"instruction": "Name a prime number.", "output": "Seven."}
+
+
+def deep_text(levels: int) -> str:
+    """The JSON text of a record nesting `levels` lists (built as text: no recursion anywhere)."""
+    return '{"instruction": "deep", "output": "x", "payload": ' + "[" * levels + '"bottom"' + "]" * levels + "}"
+
+
+def test_deep_record_through_raw_pool_keeps_the_file_and_reconciles(tmp_path, resources, instance):
+    path = tmp_path / "pool.json"
+    path.write_text("[" + json.dumps(GOOD) + ", " + deep_text(10_000) + "]")
+    key = land(resources, path)
+    instance.add_dynamic_partitions("pool_shards", [key])
+    result = dg.materialize([raw_pool, raw_pool_reconciles], resources=resources, partition_key=key, instance=instance)
+    assert result.success
+    checks = result.get_asset_check_evaluations()
+    assert checks and all(c.passed for c in checks)
+    quarantine = pl.read_parquet(resources["storage"].asset_file("raw_pool_quarantine", key))
+    assert quarantine["reason"].to_list() == ["too_deep"]

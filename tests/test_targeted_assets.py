@@ -13,7 +13,6 @@ import pytest
 from curation_assets import cli
 from curation_assets.definitions import build_definitions
 from curation_assets.headless import RunConfig, run_graph
-from curation_assets.query_set import QueryTask, build_query_rows
 
 TINY = Path(__file__).parent / "fixtures" / "tiny_llama"
 SELECTION_KEYS = [dg.AssetKey("selected_subset"), dg.AssetKey("selection_reasons")]
@@ -61,21 +60,6 @@ def select(graph, strategy: str, budget: int, **settings):
         run_config={"ops": {"selected_subset": {"config": {"budget": budget, "strategy": {strategy: settings}}}},
                     "loggers": {"console": {"config": {"log_level": "WARNING"}}}})
     return result
-
-
-def test_query_set_builders_and_bundled_sample():
-    rows = build_query_rows([QueryTask(source="bbh"), QueryTask(source="gsm8k"), QueryTask(source="mmlu", limit=4)])
-    assert rows["query_id"].to_list() == list(range(rows.height))
-    bbh = rows.filter(pl.col("task").str.starts_with("bbh/"))
-    assert bbh.height == 9 and bbh["answer"].str.starts_with("Let's think step by step.").all()
-    assert "canary" not in " ".join(bbh["prompt"].to_list()) and bbh["prompt"].str.contains("\n\nQ:").all()
-    gsm = rows.filter(pl.col("task") == "gsm8k")
-    assert gsm.height == 8 and gsm["prompt"].str.ends_with("<|assistant|>\nAnswer:").all()
-    assert gsm["answer"][0].endswith("So the answer is 18.") and "<<" not in gsm["answer"][0]
-    mmlu = rows.filter(pl.col("task").str.starts_with("mmlu/"))
-    assert mmlu.height == 4 and mmlu["prompt"].str.ends_with("<|assistant|>\nThe answer is:").all() and mmlu["answer"].is_in([" A", " B", " C", " D"]).all()
-    with pytest.raises(dg.Failure, match="not one of"):
-        build_query_rows([QueryTask(source="nope")])
 
 
 def test_headless_run_builds_every_targeted_asset(graph):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from curation_assets.methods import tis_selection as tis
-from curation_assets.methods.similarity_search import DenseSimilarity, FaissSimilarity, array_chunks
+from curation_assets.methods.similarity_search import DenseSimilarity
 
 FIXTURES = Path(__file__).parent / "fixtures" / "reference" / "selection"
 HAND = np.array([[0.12, 0.85, 0.33, 0.85, -0.40, 0.61, 0.05, 0.70],
@@ -151,45 +151,6 @@ def test_knn_kde_matches_reference(case):
     np.testing.assert_array_equal(probs, ref_probs)
     ref = case["outputs"]["result"]
     assert ours.order.tolist() == (_array(ref) if isinstance(ref, dict) else np.asarray(ref)).tolist()
-
-
-def test_faiss_source_equals_dense_on_features_with_ties():
-    rng = np.random.default_rng(3)
-    pool = rng.integers(-2, 3, (500, 8)).astype(np.float32)  # integer features: many exact score ties
-    pool[100] = pool[7]
-    queries = rng.integers(-2, 3, (7, 8)).astype(np.float32)
-    dense = DenseSimilarity((queries @ pool.T).astype(np.float64))
-    faiss_source = FaissSimilarity(queries, array_chunks(pool, rows=64), len(pool))
-    for length in (1, 5, 33, 500):
-        d_scores, d_ids = dense.top(np.arange(7), length)
-        f_scores, f_ids = faiss_source.top(np.arange(7), length)
-        np.testing.assert_array_equal(f_ids, d_ids)
-        np.testing.assert_allclose(f_scores, d_scores)
-    best_d, best_f = dense.column_best(), faiss_source.column_best()
-    np.testing.assert_array_equal(best_f.query, best_d.query)
-    for algorithm in (tis.round_robin, tis.doubly_greedy):
-        assert algorithm(faiss_source, 120).order.tolist() == algorithm(dense, 120).order.tolist()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        assert tis.knn_uniform(faiss_source, 100).order.tolist() == tis.knn_uniform(dense, 100).order.tolist()
-
-
-def test_a_tie_at_the_cut_refetches_only_its_query_and_only_past_the_tie():
-    """One query whose 3rd and 4th scores tie: only that query is searched again, with a longer
-    list, and the search stops once the list runs past the tie (never the whole pool)."""
-    rng = np.random.default_rng(5)
-    pool = rng.standard_normal((4000, 16)).astype(np.float32)
-    queries = rng.standard_normal((6, 16)).astype(np.float32)
-    top = np.argsort(-(queries[0] @ pool.T))
-    pool[top[3]] = pool[top[2]]  # query 0: ranks 3 and 4 (1-based) tie
-    source = FaissSimilarity(queries, array_chunks(pool, rows=512), len(pool))
-    calls = []
-    search = source._search
-    source._search = lambda q, k: (calls.append((len(q), k)), search(q, k))[1]
-    scores, ids = source.top(np.arange(6), 3)
-    assert calls[0] == (6, 4) and all(n == 1 and k < len(pool) for n, k in calls[1:]) and len(calls) == 2
-    dense = DenseSimilarity((queries @ pool.T).astype(np.float64))
-    np.testing.assert_array_equal(ids, dense.top(np.arange(6), 3)[1])
 
 
 def test_round_robin_refetches_when_a_query_runs_out():

@@ -1,31 +1,25 @@
-"""The TAGS knowledge tree on real tags, its grounding, and LLM naming through a local endpoint."""
-
-import json
+"""methods/tree.py: the TAGS knowledge tree on real tags and its grounding; leaf concepts,
+single-child collapse, tree quality and the Clio refinement on tiny inputs with answers worked out
+by hand (a scripted chat model stands in for the LLM's answers)."""
 
 import numpy as np
 import polars as pl
 import pytest
 
-from curation_assets.knowledge_tree import TreeNamerResource
-from curation_assets.methods.tagging import keyphrase_tags
-from curation_assets.methods.tree import TreeSettings, ancestors, build_tree, ground_rows, ground_vectors
-from openai_stub import stub_server
-from resources.models import EmbedderResource
-from resources.storage import RowCache
-
-
-@pytest.fixture(scope="module")
-def real_tags(raw_data):
-    """Keyphrase tags of 300 real instructions (GPTeacher code + GSM8K math + roleplay)."""
-    texts = [r["instruction"] for r in json.loads((raw_data / "gpteacher" / "codegen-instruct.json").read_text())[:100]]
-    texts += [json.loads(line)["question"] for line in (raw_data / "gsm8k" / "train.jsonl").read_text().splitlines()[:100]]
-    texts += [r["instruction"] for r in json.loads((raw_data / "gpteacher" / "roleplay-simple-deduped-roleplay-instruct.json").read_text())[:100]]
-    encode = EmbedderResource().encode
-    tags = keyphrase_tags(texts, encode, top_n=3)
-    rows = pl.DataFrame({"row_id": [f"r{i}" for i in range(len(texts))], "canonical_tags": [sorted({t["tag"] for t in ts}) for ts in tags]})
-    leaves = rows.explode("canonical_tags").drop_nulls().group_by("canonical_tags").len().sort("canonical_tags")
-    labels = leaves["canonical_tags"].to_list()
-    return rows, labels, encode(labels), leaves["len"].to_numpy(), encode
+from curation_assets.methods.tree import (
+    TreeSettings,
+    ancestors,
+    build_tree,
+    clio_level,
+    collapse_single_children,
+    ground_rows,
+    ground_vectors,
+    leaf_concepts,
+    parse_choice,
+    parse_names,
+    tree_leaves,
+    tree_quality,
+)
 
 
 def test_tree_structure(real_tags):
@@ -79,24 +73,172 @@ def test_grounding_rows_and_unknown_tags(real_tags):
     assert ids[1] not in leaf_ids and ids[1] != 0
 
 
-def test_internal_nodes_named_by_the_chat_backend(real_tags, tmp_path):
-    _, labels, vectors, counts, _ = real_tags
-    seen = []
+def unit(*angles_deg):
+    """2-d unit vectors at the given angles: cosine(a, b) = cos(a - b)."""
+    a = np.radians(angles_deg)
+    return np.stack([np.cos(a), np.sin(a)], axis=1).astype(np.float32)
 
-    def reply(body, attempt):
-        prompt = body["messages"][-1]["content"]
-        seen.append(prompt)
-        return 200, f"Topic {len(seen)}\nbecause the children share it", 0
 
-    with stub_server(reply) as (stub, url):
-        namer = TreeNamerResource(enabled=True, base_url=url, model="stub", backoff_s=0.01)
-        cache = RowCache(tmp_path / "cache")
-        nodes = build_tree(labels, vectors, counts, TreeSettings(seed=0), lambda kids: namer.name(kids, cache))
-        calls = stub.calls
-        again = build_tree(labels, vectors, counts, TreeSettings(seed=0), lambda kids: namer.name(kids, cache))
+def test_leaf_concepts_join_the_most_used_similar_leader_without_chaining():
+    # cos(0, 20) = 0.94, cos(20, 40) = 0.94, cos(0, 40) = 0.77; 90 is alone.
+    labels = ["python list", "python lists", "list comprehension", "baking"]
+    vectors = unit(0, 20, 40, 90)
+    assert leaf_concepts(labels, vectors, np.array([5, 2, 1, 3]), 0.9) == ["python list", "python list", "list comprehension", "baking"]
+    # The most used tag leads: with "python lists" used most, the other two join it (both within 0.9).
+    assert leaf_concepts(labels, vectors, np.array([1, 5, 2, 3]), 0.9) == ["python lists", "python lists", "python lists", "baking"]
+    assert leaf_concepts([], np.zeros((0, 2)), np.zeros(0), 0.9) == []
+
+
+def test_tree_leaves_group_rare_tags_and_drop_one_row_concepts():
+    rows = pl.DataFrame({"row_id": ["a", "b", "c", "d"], "raw_tags": [["Cats"], ["cat"], ["kitten care", "Dogs"], ["rare thing"]]})
+    vocabulary = pl.DataFrame(
+        {
+            "raw_tag": ["Cats", "cat", "kitten care", "Dogs", "rare thing"],
+            "normalized": ["cat", "cat", "kitten care", "dog", "rare thing"],
+            "canonical_tag": ["Cats", "Cats", None, None, None],
+            "raw_count": [1, 1, 1, 1, 1],
+        }
+    )
+    directions = {"cats": 0, "kitten care": 15, "dogs": 60, "rare thing": 140}
+    encode = lambda texts: unit(*[directions[t] for t in texts])  # noqa: E731
+    leaves, vocab = tree_leaves(rows, vocabulary, encode, threshold=0.9, min_rows=2)
+    assert leaves["tree_tags"].to_list() == [["Cats"], ["Cats"], ["Cats"], []]  # "Dogs" and "rare thing": one row each
+    assert vocab["tree_leaf"].to_list() == ["Cats", "Cats", "Cats", None, None]
+
+
+def chain_tree():
+    # root 0 -> 1 -> 2 -> {3, 4}; 1 and 2 have a single child each (2 repeats its children's label).
+    return pl.DataFrame(
+        {
+            "node_id": [0, 1, 2, 3, 4, 5],
+            "parent_id": [None, 0, 1, 2, 2, 0],
+            "depth": [0, 1, 2, 3, 3, 1],
+            "level": [3, 2, 1, 0, 0, 0],
+            "label": ["ROOT", "x", "x", "a", "b", "c"],
+            "is_leaf": [False, False, False, True, True, True],
+        },
+        schema_overrides={"parent_id": pl.Int64, "depth": pl.Int32, "level": pl.Int32},
+    )
+
+
+def test_single_child_chains_collapse_and_ids_stay_contiguous():
+    nodes = collapse_single_children(chain_tree())
+    assert nodes["label"].to_list() == ["ROOT", "x", "a", "b", "c"]
+    assert nodes["node_id"].to_list() == [0, 1, 2, 3, 4]
+    assert nodes["parent_id"].to_list() == [None, 0, 1, 1, 0]
+    assert nodes["depth"].to_list() == [0, 1, 2, 2, 1]
+
+
+def test_tree_quality_known_figures():
+    nodes = chain_tree()
+    memberships = pl.DataFrame({"row_id": ["r1", "r2", "r1", "r3"], "node_id": [3, 3, 4, 5]})
+    q = tree_quality(nodes, memberships, pool_rows=4)
+    assert q["leaves"] == 3 and q["internal_nodes"] == 2
+    assert q["rows_per_leaf_median"] == 1.0 and q["single_row_leaf_share"] == pytest.approx(2 / 3)
+    assert q["depth_max"] == 3 and q["leaf_depth_mean"] == pytest.approx(7 / 3)
+    assert q["branching_mean"] == pytest.approx(5 / 3) and q["branching_max"] == 2  # children: 0 -> 2, 1 -> 1, 2 -> 2
+    assert q["rows_grounded_share"] == 0.75 and q["label_repeats_on_paths"] == 1  # node 2 repeats "x"
+    after = tree_quality(collapse_single_children(nodes), memberships.with_columns(pl.col("node_id") - 1), 4)
+    assert after["label_repeats_on_paths"] == 0 and after["depth_max"] == 2
+
+
+def test_parsers_of_the_refinement_answers():
+    assert parse_names("1. Python Programming\n- Data Structures\n\n* 'Web APIs'") == ["Python Programming", "Data Structures", "Web APIs"]
+    with pytest.raises(ValueError):
+        parse_names("  \n ")
+    assert parse_choice(3)("I pick 2.") == 1 and parse_choice(3)("7 then 3") == 2
+    with pytest.raises(ValueError):
+        parse_choice(2)("none fits")
+
+
+class ScriptedLLM:
+    """Answers by prompt kind: fixed parent names, a chosen number per child, renames."""
+
+    def __init__(self, names, choices, renames):
+        self.names, self.choices, self.renames, self.prompts = names, choices, renames, []
+
+    def __call__(self, prompts, parse):
+        out = []
+        for p in prompts:
+            self.prompts.append(p)
+            if p.startswith("Topic: "):
+                text = self.choices[p.split("\n")[0][len("Topic: ") :]]
+            elif "Propose" in p:
+                text = self.names
+            else:
+                first_child = p.split("- ")[1].split("\n")[0]
+                text = self.renames.get(first_child, "")
+            try:
+                out.append(parse(text))
+            except ValueError:
+                out.append(None)
+        return out
+
+
+def test_clio_level_summarizes_merges_votes_and_renames():
+    labels = ["list sorting", "dict merge", "bread baking", "cake icing"]
+    vectors = unit(0, 10, 80, 90)
+    names = {"Python": 5, "Baking": 85, "Cooking": 86}
+    embed = lambda texts: unit(*[names.get(t, 0) for t in texts])  # noqa: E731
+    llm = ScriptedLLM(
+        "Python\npython\nBaking\nCooking",
+        # "cake icing" answers off-format: it falls back to the parent nearest by cosine (Baking).
+        {"list sorting": "1", "dict merge": "1", "bread baking": "2", "cake icing": "no idea"},
+        {"list sorting": "Python Code", "bread baking": ""},  # the second rename fails: its name stays
+    )
+    settings = TreeSettings(branching=2, neighbourhood=10, votes=1)
+    assign, parent_names = clio_level(labels, vectors, np.ones(4), settings, llm, embed, seed=0)
+    assert parent_names == ["Python Code", "Baking"]
+    assert assign.tolist() == [0, 0, 1, 1]
+    summarize = [p for p in llm.prompts if "Propose" in p]
+    assert len(summarize) == 1 and "Propose 2 broader" in summarize[0]
+    assign_prompts = [p for p in llm.prompts if p.startswith("Topic: ")]
+    assert len(assign_prompts) == 4 and "1. Python\n2. Baking" in assign_prompts[0]
+
+
+def test_majority_vote_wins():
+    labels = ["a", "b"]
+    llm_answers = iter(["2", "1", "2"])
+
+    def ask(prompts, parse):
+        out = []
+        for p in prompts:
+            if "Propose" in p:
+                out.append(parse("First\nSecond"))
+            elif p.startswith("Topic: a"):
+                out.append(parse(next(llm_answers)))
+            elif p.startswith("Topic: b"):
+                out.append(parse("1"))
+            else:
+                out.append(None)
+        return out
+
+    embed = lambda texts: unit(*[{"First": 0, "Second": 90}.get(t, 45) for t in texts])  # noqa: E731
+    assign, names = clio_level(labels, unit(0, 5), np.ones(2), TreeSettings(branching=1, neighbourhood=10, votes=3), ask, embed, seed=0)
+    assert [names[k] for k in assign] == ["Second", "First"]  # a: votes 2, 1, 2
+
+
+def test_refined_tree_uses_the_llm_names_and_stays_consistent():
+    rng = np.random.default_rng(0)
+    labels = [f"tag {i}" for i in range(30)]
+    vectors = rng.normal(size=(30, 8)).astype(np.float32)
+
+    def ask(prompts, parse):
+        out = []
+        for p in prompts:
+            if "Propose" in p:
+                text = "\n".join(f"Group {p.count('- ')} {k}" for k in range(3))
+            elif p.startswith("Topic: "):
+                text = str(1 + int(p.split("\n")[0].split()[-1]) % 3)
+            else:
+                text = "Named " + p.split("- ")[1].split("\n")[0]
+            out.append(parse(text))
+        return out
+
+    embed = lambda texts: np.stack([np.eye(8, dtype=np.float32)[sum(map(ord, t)) % 8] for t in texts])  # noqa: E731
+    nodes = build_tree(labels, vectors, np.ones(30), TreeSettings(branching=3, top=4, neighbourhood=10), refine=(ask, embed))
     internal = nodes.filter(~pl.col("is_leaf") & (pl.col("node_id") != 0))
-    assert 1 <= calls <= internal.height  # one call per distinct prompt
-    assert stub.calls == calls and again.equals(nodes)  # the second build reads every answer from the cache
-    assert all(label.startswith("Topic ") for label in internal["label"])
-    assert nodes.filter(pl.col("is_leaf"))["label"].to_list() == sorted(labels) or set(nodes.filter(pl.col("is_leaf"))["label"]) == set(labels)
-    assert any("- " in p and "parent topic" in p for p in seen)
+    assert internal.height >= 2 and all(label.startswith("Named ") for label in internal["label"])
+    assert sorted(nodes.filter(pl.col("is_leaf"))["label"]) == sorted(labels)
+    rows = pl.DataFrame({"row_id": [str(i) for i in range(30)], "tree_tags": [[t] for t in labels]})
+    assert tree_quality(nodes, ground_rows(rows, nodes), 30)["rows_grounded_share"] == 1.0

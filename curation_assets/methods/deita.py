@@ -27,6 +27,7 @@ from curation_assets.methods.plugin import Budget, Candidates, Column, Picked, S
 from curation_assets.methods.token_losses import next_token_logits
 
 VERSION = "1"
+STRATEGY_VERSION = "2"  # 2: rows without a DEITA score are never selected (1 scanned them last and could keep them)
 
 COMPLEXITY_TEMPLATE = "You are a helpful assistant. Please identify the complexity score of the following user query. \n##Query: {instruction}  \n##Complexity: "
 QUALITY_TEMPLATE = (
@@ -129,7 +130,11 @@ def pick(c: Candidates, budget: Budget, s: DeitaStrategySettings) -> Picked:
     score = np.ones(c.n)
     for key in s.deita_keys:
         score = score * c.column(key)
-    result = rules.deita_filter(c.embeddings(), score, s.deita_threshold, budget.rows, s.deita_batch_size)
+    # Rows without a score (a prompt longer than the scorer's window, where the reference fails) are
+    # ineligible: scan only the scored rows, in deita_filter's own (-score, index) order.
+    scored = np.flatnonzero(~np.isnan(score))
+    scan = scored[np.lexsort((scored, -score[scored]))].tolist()
+    result = rules.deita_filter(c.embeddings(), score, s.deita_threshold, budget.rows, s.deita_batch_size, order=scan)
     gain = empty_gain(c.n)
     gain[result.selected] = score[result.selected]
     ids = c.rows["row_id"].to_list()
@@ -146,6 +151,6 @@ DEITA = Strategy(
     name="deita",
     description="DEITA's score-first representation filter: by score, rejecting rows too close to a kept one.",
     settings=DeitaStrategySettings,
-    version=VERSION,
+    version=STRATEGY_VERSION,
     pick=pick,
 )

@@ -1,5 +1,6 @@
-"""DEITA's complexity and quality scores: the reference's generate-based scoring written out with
-transformers, against our batched next-token logits; turn pairing; and the asset."""
+"""methods/deita.py: DEITA's complexity and quality scores (the reference's generate-based scoring
+written out with transformers, against our batched next-token logits; turn pairing; the scores through
+the instance_scores asset) and the `deita` strategy."""
 
 import json
 from pathlib import Path
@@ -72,3 +73,18 @@ def test_asset_scores_every_turn_and_sums_complexity_times_quality(tmp_path, res
     assert abs(table["deita_quality"][-1][1] - last[0]) < 1e-6
     meta = result.asset_materializations_for_node("instance_scores")[0].metadata
     assert "data:image/png" in meta["deita_score_histogram"].value
+
+
+def test_strategy_rejects_rows_too_close_to_a_kept_one_and_says_which():
+    from curation_assets.methods.deita import DeitaStrategySettings, pick
+    from curation_assets.methods.plugin import Budget, Candidates
+
+    # b is at cosine 0.99 to a (kept first, best score); c is orthogonal to both; d has no score.
+    emb = np.array([[1.0, 0.0], [0.99, np.sqrt(1 - 0.99**2)], [0.0, 1.0], [0.5, 0.5]], dtype=np.float32)
+    c = Candidates(pl.DataFrame({"row_id": list("abcd"), "instruction": ["q"] * 4, "input": [""] * 4, "response": ["r"] * 4, "deita_score": [3.0, 2.0, 1.0, None]}), embed=lambda texts: emb)
+    picked = pick(c, Budget(3, 3, 4), DeitaStrategySettings())
+    assert picked.order == [0, 2] and picked.gain[0] == 3.0 and picked.gain_name == "score (deita_score)"
+    assert picked.reason[1] == "cosine 0.990 > 0.9 to the already selected a" and picked.reason[3] == "no score"
+    assert picked.ineligible == {1, 3}
+    with pytest.raises(ValueError, match="embedder"):
+        pick(Candidates(c.rows), Budget(1, 1, 4), DeitaStrategySettings())
