@@ -34,9 +34,11 @@ def global_refresh() -> dg.AutomationCondition:
     return dg.AutomationCondition.eager().with_label(GLOBAL_LABEL)
 
 
-def global_table(description: str) -> dg.AssetOut:
-    """An output of a global multi-asset: a Polars table in Parquet, refreshed by global_refresh."""
-    return dg.AssetOut(description=description, dagster_type=pl.DataFrame, kinds={"parquet", "polars"}, automation_condition=global_refresh())
+def global_table(description: str, columns: dict[str, str]) -> dg.AssetOut:
+    """An output of a global multi-asset: a Polars table in Parquet, refreshed by global_refresh;
+    `columns` describe its columns (the IO manager puts them in the UI's column schema)."""
+    return dg.AssetOut(description=description, dagster_type=pl.DataFrame, kinds={"parquet", "polars"}, automation_condition=global_refresh(),
+                       metadata={"descriptions": columns})
 
 
 def shard_refresh() -> dg.AutomationCondition:

@@ -29,6 +29,13 @@ from resources.target_model import TargetModelResource
     pool="gpu",
     automation_condition=shard_refresh(),
     description="LESS gradient features per canonical row and warm-up checkpoint (fp16 array files), with row_id -> position.",
+    metadata={"descriptions": {
+        "row_id": "Canonical pool row.",
+        "position": "Row of its features in each epoch-<e>.npy array of the folder; -1 when it has none.",
+        "scored_tokens": "Assistant tokens under the loss within max_length (0: no gradient).",
+        "note": "Why the row has no features; null when it has.",
+        "folder": "The shard's folder of array files (one per warm-up checkpoint).",
+    }},
 )
 def gradient_store(context: dg.AssetExecutionContext, config: GradientStoreConfig, raw_pool: pl.LazyFrame, warmup_adapter: pl.DataFrame,
                    target_model: TargetModelResource, storage: CurationStorage) -> dg.MaterializeResult:

@@ -75,6 +75,23 @@ class KnowledgeTreeConfig(dg.Config):
     seed: int = Field(0, description="K-means seed: the same seed gives the same tree.")
 
 
+NODE_COLUMNS = {
+    "node_id": "Node id (the root is 0).",
+    "parent_id": "Parent node; null for the root.",
+    "depth": "Distance from the root (root 0, leaves deepest).",
+    "level": "Height above the leaves (leaves 0).",
+    "label": "The node's name: a leaf's concept; a parent's two most used leaves (or the LLM refiner's name).",
+    "is_leaf": "True for leaf concepts.",
+    "n_leaves": "Leaves at or below the node.",
+    "leaf_rows": "Row-leaf memberships at or below the node (a row on several leaves counts once per leaf).",
+    "member_tags": "Labels of the leaves below the node.",
+    "embedding": "Unit embedding of the node (a leaf's concept; a parent's k-means centroid), on which target tags are grounded.",
+}
+MEMBERSHIP_COLUMNS = {
+    "row_id": "Canonical pool row.",
+    "node_id": "A leaf the row sits on.",
+    "weight": "1 / number of leaves of the row, so each row weighs 1 in the tree's distribution.",
+}
 QUALITY_MEANING = {
     "leaves": "leaf concepts",
     "internal_nodes": "nodes between the root and the leaves",
@@ -118,8 +135,8 @@ def quality_plot(nodes: pl.DataFrame, memberships: pl.DataFrame) -> dg.MetadataV
 
 @dg.multi_asset(
     outs={
-        "knowledge_tree": global_table("Tree nodes: id, parent, depth, label, member tags, rows, embedding."),
-        "tree_memberships": global_table("Row-to-leaf memberships with weight 1/|leaves of the row|."),
+        "knowledge_tree": global_table("Tree nodes: id, parent, depth, label, member tags, rows, embedding.", NODE_COLUMNS),
+        "tree_memberships": global_table("Row-to-leaf memberships with weight 1/|leaves of the row|.", MEMBERSHIP_COLUMNS),
     },
     group_name="tags",
 

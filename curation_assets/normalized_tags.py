@@ -14,6 +14,32 @@ from resources.models import EmbedderResource
 from resources.storage import CurationStorage
 
 
+ROW_COLUMNS = {
+    "row_id": "Canonical pool row.",
+    "raw_tags": "The tagger's tags for the row, as it wrote them (empty when it was not tagged or failed).",
+    "response_chars": "Characters of the response (TACOS keeps the longest row of a label set).",
+    "canonical_tags": "Readable canonical tags left after normalization, the frequency filter and merging.",
+    "clusters": "K-means clusters of the canonical tags, sorted.",
+    "clusters_in_tag_order": "The same clusters in the order of each cluster's first tag in the row (TACOS's cluster map).",
+    "labelset_representative": "True for the one row kept per set of clusters (the longest response, first in pool order on ties).",
+    "labelset_first_seen": "Pool position of the first row with this set of clusters (TACOS orders cluster members by it).",
+    "n_canonical": "Number of canonical tags.",
+    "tree_tags": "Tags the knowledge tree places the row under (canonical tags plus rarer tags used by tree_min_rows rows).",
+}
+VOCABULARY_COLUMNS = {
+    "raw_tag": "A tag as the tagger wrote it.",
+    "normalized": "Its key after lower-casing, punctuation rules and stemming (the `stem` rule).",
+    "canonical_tag": "The canonical tag it maps to; null when dropped.",
+    "cluster": "K-means cluster of its canonical tag.",
+    "tree_tag": "The tag it counts as on the knowledge tree (null when too rare).",
+    "raw_count": "Rows using the raw tag (occurrences with count_on: raw).",
+    "count": "Rows using its normalized key.",
+    "dropped_reason": "Why it has no canonical tag (the frequency filter, empty after normalization); null when kept.",
+    "stem": "The stemming rule that made `normalized`.",
+    "tree_leaf": "The leaf concept it belongs to: synonymous tree tags (cosine >= leaf_threshold) share one leaf.",
+}
+
+
 class NormalizedTagsConfig(dg.Config):
     """TACOS / InsTag normalization settings (research/tags-tacos.md §1.3, §3)."""
 
@@ -75,8 +101,8 @@ def _metadata(rows: pl.DataFrame, vocabulary: pl.DataFrame, settings: Normalizat
 
 @dg.multi_asset(
     outs={
-        "normalized_tags": global_table("Per row: canonical tags, TACOS clusters, label-set representative, TAGS tree tags."),
-        "tag_vocabulary": global_table("Per raw tag: normalized form, canonical tag, cluster, tree tag, its leaf concept (tree_leaf), counts, drop reason."),
+        "normalized_tags": global_table("Per row: canonical tags, TACOS clusters, label-set representative, TAGS tree tags.", ROW_COLUMNS),
+        "tag_vocabulary": global_table("Per raw tag: normalized form, canonical tag, cluster, tree tag, its leaf concept (tree_leaf), counts, drop reason.", VOCABULARY_COLUMNS),
     },
     deps=all_shards("open_tags", "raw_pool"),
     group_name="tags",

@@ -13,6 +13,14 @@ from resources.storage import CurationStorage
 from resources.tagger import TaggerResource
 
 TAG_TYPE = pl.List(pl.Struct({"tag": pl.String, "explanation": pl.String}))
+COLUMNS = {
+    "row_id": "Canonical pool row.",
+    "tags": "The tagger's tags, each with its explanation; null unless status is ok.",
+    "status": "ok, failed (see error) or skipped (beyond sample_rows).",
+    "error": "Why tagging failed (the last attempt's reason); null when ok.",
+    "attempts": "Calls made for the row, retries included.",
+    "tagger_version": "Hash of the tagger's backend, model, prompt and generation settings: rows are reused only under the same one.",
+}
 
 
 class OpenTagsConfig(dg.Config):
@@ -66,6 +74,7 @@ def _metadata(tags: pl.DataFrame, stats, tagger: TaggerResource) -> dict:
     automation_condition=shard_refresh(),
     retry_policy=ENDPOINT_RETRY_POLICY,
     description="Open tags per canonical row; rows already tagged by the same tagger config are reused.",
+    metadata={"descriptions": COLUMNS},
 )
 def open_tags(
     context: dg.AssetExecutionContext, config: OpenTagsConfig, raw_pool: pl.LazyFrame, tagger: TaggerResource, storage: CurationStorage

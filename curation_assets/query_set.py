@@ -13,6 +13,13 @@ from curation_assets.methods.ingest import IngestOptions, ingest_file, load_opti
 from curation_assets.methods.lora_training import conversation_of
 
 SCHEMA = {"query_id": pl.Int64, "task": pl.String, "prompt": pl.String, "answer": pl.String, "source": pl.String}
+COLUMNS = {
+    "query_id": "Query number, 0-based, stable for the same config.",
+    "task": "The target task the query stands for.",
+    "prompt": "The query's prompt (the dev example's question, in its few-shot format).",
+    "answer": "Its reference answer (the part LESS takes gradients on).",
+    "source": "File it was read from.",
+}
 
 
 class QueryTask(dg.Config):
@@ -67,7 +74,8 @@ def build_query_rows(tasks: list[QueryTask]) -> pl.DataFrame:
     return out.with_row_index("query_id").with_columns(pl.col("query_id").cast(pl.Int64)).select(list(SCHEMA))
 
 
-@dg.asset(group_name="targeted", kinds={"parquet", "polars"}, description="Target-task queries (prompt, answer, task) that targeted selection matches the pool against.")
+@dg.asset(group_name="targeted", kinds={"parquet", "polars"}, metadata={"descriptions": COLUMNS},
+          description="Target-task queries (prompt, answer, task) that targeted selection matches the pool against.")
 def query_set(config: QuerySetConfig) -> dg.MaterializeResult:
     rows = build_query_rows(config.tasks)
     per_task = rows.group_by("task", maintain_order=True).len()

@@ -35,9 +35,22 @@ POOL_COLUMNS = {
     "instruction": "First user turn (Alpaca: the instruction alone).",
     "input": "Alpaca input field; empty for other shapes.",
     "response": "Last assistant turn.",
+    "extra": "The record's other fields, as JSON (kept, not used by the methods); null when none.",
     "n_turns": "Number of assistant turns.",
+    "instruction_chars": "Characters of the instruction.",
+    "input_chars": "Characters of the input.",
+    "response_chars": "Characters of the response.",
+    "total_chars": "Characters of every turn and the system prompt.",
     "duplicate_of": "partition#row of the first copy of this conversation in the same file; null for its first copy (copies across files are resolved by the global steps, in pool order).",
     "landed_at": "When the file was landed (UTC); pool order is (landed_at, partition, source_row).",
+}
+QUARANTINE_COLUMNS = {
+    "source_partition": "Landed file version (partition key) the record came from.",
+    "source_file": "Path of the file as dropped in the landing folder.",
+    "source_row": "1-based record number in the file (the line number for JSON Lines).",
+    "reason": "Reason code: invalid_json, invalid_utf8, missing_field, too_large, too_deep, no_assistant_turn, empty_response, ...",
+    "detail": "What exactly was wrong.",
+    "raw_preview": "The record's first 300 characters as read.",
 }
 
 
@@ -116,6 +129,7 @@ def _quarantine_metadata(quarantine: pl.DataFrame) -> dict:
         ),
         "raw_pool_quarantine": dg.AssetOut(
             description="Records of one landed file that could not be normalized, with the reason.",
+            metadata={"descriptions": QUARANTINE_COLUMNS},
             dagster_type=pl.DataFrame,
             kinds={"parquet", "polars"},
         ),

@@ -12,7 +12,7 @@ from pydantic import Field, create_model
 from curation_assets import targeted_inputs, ui
 from curation_assets.automation import global_refresh, global_table
 from curation_assets.method_config import strategy_config_class
-from curation_assets.methods.explain import budget_rule, explain
+from curation_assets.methods.explain import REASON_COLUMNS, budget_rule, explain
 from curation_assets.methods.export import export_subset
 from curation_assets.methods.fileio import atomic_path
 from curation_assets.methods.plugin import Budget, Candidates, Strategy, version_hash
@@ -91,17 +91,34 @@ def needed_assets(config: dict | None = None, strategies: dict[str, Strategy] | 
     return strategy.needed_assets(strategy_settings(strategy, cfg))
 
 
+SUBSET_COLUMNS = {
+    "row_id": "Canonical pool row.",
+    "rank": "Pick order, 1 = first.",
+    "system_prompt": "System prompt, if any.",
+    "messages": "The conversation as role/content turns.",
+    "instruction": "First user turn.",
+    "input": "Alpaca input field; empty for other shapes.",
+    "response": "Last assistant turn.",
+    "source_file": "File the row came from.",
+    "source_row": "Record number in that file.",
+    "source_partition": "Landed file version (partition key).",
+    "strategy": "The strategy that picked it.",
+}
+
+
 def build_asset(config: dict | None = None, strategies: dict[str, Strategy] | None = None) -> dg.AssetsDefinition:
     """The selected_subset multi-asset over `strategies` (default: the registry as it is now), its
     code version computed from `config` (the project's run config for selected_subset)."""
     strategies = dict(STRATEGIES if strategies is None else strategies)
     Config = config_class(strategies)
+    extra_columns = {name: text for st in strategies.values() for name, text in st.columns.items()}
 
     @dg.multi_asset(
         name="selected_subset",
         outs={
-            "selected_subset": global_table("The selected rows in rank order, with their conversations and sources."),
-            "selection_reasons": global_table("One row per candidate: selected or not, rank, scores with percentiles, tree path, gain, reason, nearest selected row."),
+            "selected_subset": global_table("The selected rows in rank order, with their conversations and sources.", {**SUBSET_COLUMNS, **extra_columns}),
+            "selection_reasons": global_table("One row per candidate: selected or not, rank, scores with percentiles, tree path, gain, reason, nearest selected row.",
+                                              {**REASON_COLUMNS, **extra_columns}),
         },
         # gradient_store, query_set and warmup_adapter: read only by the targeted strategies (their
         # absence holds back no other strategy's refresh: definitions.automate ignores them).

@@ -185,12 +185,56 @@ def _loss_plot(table: pl.DataFrame) -> dg.MetadataValue:
     return ui.png_md(fig, "loss curves")
 
 
+MODEL_COLUMNS = {
+    "variant": "subset (the selected rows) or a baseline's name.",
+    "strategy": "The strategy that chose the variant's rows.",
+    "rows": "Rows chosen (the selected subset's size for every variant).",
+    "base_model": "The model fine-tuned.",
+    "format": "Training text format: tulu (LESS's <|user|>/<|assistant|> turns) or chat_template (the tokenizer's).",
+    "train_key": "Hash of the base model, rows, settings and library versions: an adapter is reused under the same one.",
+    "subset_hash": "Hash of the variant's row ids.",
+    "adapter_dir": "Folder of the final LoRA adapter.",
+    "checkpoints": "Folders of the per-epoch adapters.",
+    "losses": "Training loss per optimizer step.",
+    "rows_trained": "Rows trained on (rows with an assistant token within max_length).",
+    "rows_dropped": "Rows left out: no assistant token within max_length.",
+    "train_tokens": "Tokens seen, all epochs (padding excluded).",
+    "label_tokens": "Tokens under the loss, all epochs.",
+    "seconds": "Training time.",
+    "tokens_per_second": "train_tokens / seconds.",
+    "device": "Where it trained (cpu, cuda).",
+    "target_modules": "Modules LoRA adapted (JSON).",
+    "trainable_parameters": "LoRA parameters trained.",
+    "versions": "torch, transformers and peft versions (JSON).",
+    "cached": "True when the adapter was reused, not trained in this run.",
+}
+EVALUATION_COLUMNS = {
+    "variant": "base (no adapter) or a subset_model variant.",
+    "adapter_dir": "The adapter evaluated; null for the base model.",
+    "rows": "Rows the adapter was trained on (0 for the base model).",
+    "cached": "True when the result was reused, not computed in this run.",
+    "eval_key": "Hash of the examples, settings, model and adapter: a result is reused under the same one.",
+    "task": "Evaluation task.",
+    "examples": "Examples evaluated.",
+    "answer_loss": "Mean cross-entropy per reference-answer token (lower is better).",
+    "answer_loss_per_example": "Mean over examples of each example's mean answer-token loss.",
+    "answer_tokens": "Answer tokens scored.",
+    "loss_examples": "Examples with at least one answer token within max_length.",
+    "loss_seconds": "Time of the loss pass.",
+    "loss_tokens_per_second": "Tokens per second of the loss pass.",
+    "accuracy": "lm-eval accuracy (metric says which); null for code tasks while code execution is off.",
+    "metric": "What accuracy measures.",
+    "accuracy_seconds": "Time of the accuracy pass.",
+}
+
+
 @dg.asset(
     ins={name: dg.AssetIn(name) for name in ("normalized_tags", "knowledge_tree", "tree_memberships", "comparative_scores")},
     deps=all_shards("raw_pool", "instance_scores"),
     group_name="evaluation",
     kinds={"pytorch", "safetensors"},
     description="LoRA adapters fine-tuned on the selected subset and on baseline subsets of the same size (same seed and schedule); one row per adapter with its loss curve.",
+    metadata={"descriptions": MODEL_COLUMNS},
 )
 def subset_model(
     context: dg.AssetExecutionContext,
@@ -315,6 +359,7 @@ def comparison_table(table: pl.DataFrame) -> pl.DataFrame:
     group_name="evaluation",
     kinds={"pytorch"},
     description="Each adapter of subset_model and the base model (zero-shot) on the target tasks: held-out answer loss and lm-eval accuracy.",
+    metadata={"descriptions": EVALUATION_COLUMNS},
 )
 def subset_evaluation(context: dg.AssetExecutionContext, config: SubsetEvaluationConfig, subset_model: pl.DataFrame, storage: CurationStorage) -> dg.Output:
     if subset_model.is_empty():

@@ -64,6 +64,16 @@ def _loss_plot(losses: list[dict]) -> dg.MetadataValue:
     pool="gpu",
     deps=all_shards("raw_pool"),
     description="LESS warm-up LoRA: one adapter and Adam state per epoch (safetensors), with the learning-rate weights of the checkpoints.",
+    metadata={"descriptions": {
+        "epoch": "Warm-up epoch the checkpoint ends (1-based).",
+        "step": "Optimizer step at the checkpoint.",
+        "adapter_dir": "Folder of the LoRA adapter (adapter_model.safetensors, adapter_config.json).",
+        "optimizer_path": "The Adam state (optimizer.safetensors) that preconditions pool gradients.",
+        "mean_learning_rate": "Mean logged learning rate over the epoch.",
+        "weight": "The checkpoint's weight in the similarity: its mean learning rate, normalized to sum to 1 (LESS).",
+        "mean_loss": "Mean training loss over the epoch.",
+        "key": "Hash of the model, rows and settings: the folder these files live in.",
+    }},
 )
 def warmup_adapter(context: dg.AssetExecutionContext, config: WarmupConfig, target_model: TargetModelResource, storage: CurationStorage) -> dg.MaterializeResult:
     stored = shard_frames(context, storage, "raw_pool")  # None when no raw_pool shard is materialized

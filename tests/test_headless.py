@@ -8,6 +8,7 @@ import polars as pl
 from curation_assets.shards import pool_rows
 
 from curation_assets.headless import RunConfig, run_graph
+from metadata import undescribed_columns
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "demo"
@@ -37,6 +38,8 @@ def test_demo_pool_runs_end_to_end_and_incrementally(tmp_path, instance):
     assert tree.filter(pl.col("is_leaf")).height == vocabulary["tree_leaf"].drop_nulls().n_unique()
     tagged = tags.filter(pl.col("canonical_tags").list.len() > 0).height
     assert members["row_id"].n_unique() >= 0.9 * tagged
+    # Every column of every table the run wrote has a description in the UI's column schema.
+    assert undescribed_columns(instance) == {}
 
     # Nothing new: nothing runs. A new file: only its shard runs.
     again = run_graph([DEMO / "pool"], config, instance=instance, log=lambda _: None)

@@ -17,6 +17,7 @@ from curation_assets.definitions import build_definitions
 from curation_assets.headless import RunConfig, run_graph
 from curation_assets.methods import registry
 from curation_assets.methods.plugin import Column, Picked, ScoreMethod, Settings, Strategy, empty_gain, unpicked
+from metadata import undescribed_columns
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_GPT2 = ROOT / "tests" / "fixtures" / "tiny_gpt2"
@@ -50,12 +51,13 @@ def shortest_pick(c, budget, s: ShortestSettings) -> Picked:
     order = np.argsort(-length if s.longest else length, kind="stable")[: budget.rows].tolist()
     gain = empty_gain(c.n)
     gain[order] = length[order]
-    return Picked(order, gain, "toy length", {i: "toy: too long for the budget" for i in unpicked(c.n, order)}, extra={"toy_rank": np.arange(c.n, dtype=float)})
+    return Picked(order, gain, "toy length", {i: "toy: too long for the budget" for i in unpicked(c.n, order)}, extra={"toy_rank": np.arange(c.n, dtype=float)},
+                  columns={"toy_bucket": [("long" if v > 20 else "short") for v in length]}, subset_columns=("toy_bucket",))
 
 
 SHORTEST = Strategy(
     name="shortest", description="the shortest responses", settings=ShortestSettings, version="1", pick=shortest_pick,
-    fills=frozenset({"gain", "eligible", "scores"}), reports={"toy_rank": "Position in the pool."},
+    fills=frozenset({"gain", "eligible", "scores"}), reports={"toy_rank": "Position in the pool."}, columns={"toy_bucket": "short or long (over 20 words)."},
 )
 
 
@@ -108,6 +110,10 @@ def test_a_registered_toy_method_and_strategy_flow_through_the_graph(tmp_path, t
         assert cli.main(["why", subset["row_id"][0], "--home", str(report.home)]) == 0
         story = capsys.readouterr().out
         assert "toy_length" in story and "by strategy 'shortest'" in story
+        # Their columns carry the descriptions they registered, in the UI's column schema.
+        assert "toy_bucket" in subset.columns and undescribed_columns(instance) == {}
+        schema = instance.get_latest_materialization_event(dg.AssetKey("instance_scores")).asset_materialization.metadata["dagster/column_schema"].schema
+        assert {c.name: c.description for c in schema.columns}["toy_length"] == "toy: Response length."
 
         # The toy's settings are typed config: a typo is a config error before any step runs.
         job = build_definitions(home=config.home, resource_config=config.resources).resolve_implicit_global_asset_job_def()

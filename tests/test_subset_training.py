@@ -13,7 +13,7 @@ from curation_assets import cli
 from curation_assets.definitions import build_definitions
 from curation_assets.headless import RunConfig, run_graph
 from curation_assets.methods import evaluation
-from metadata import table_text
+from metadata import table_text, undescribed_columns
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "demo"
@@ -75,6 +75,7 @@ def test_adapters_evaluated_against_baselines_then_cached(graph, capsys):
     meta = first.asset_materializations_for_node("subset_evaluation")[0].metadata
     assert "accuracy_vs_base" in table_text(meta["comparison"]) and "data:image/png" in meta["comparison_plot"].value
     assert meta["selection_config"].value["strategy"] == "tags"
+    assert undescribed_columns(graph[1]) == {}
 
     stamps = {p: p.stat().st_mtime_ns for p in (home / "models").rglob("adapter_model.safetensors")}
     again = materialize(graph)

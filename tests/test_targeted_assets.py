@@ -13,6 +13,7 @@ import pytest
 from curation_assets import cli
 from curation_assets.definitions import build_definitions
 from curation_assets.headless import RunConfig, run_graph
+from metadata import undescribed_columns
 
 TINY = Path(__file__).parent / "fixtures" / "tiny_llama"
 SELECTION_KEYS = [dg.AssetKey("selected_subset"), dg.AssetKey("selection_reasons")]
@@ -80,6 +81,7 @@ def test_headless_run_builds_every_targeted_asset(graph):
     assert total == 26
     mat = instance.get_latest_materialization_event(dg.AssetKey("warmup_adapter")).asset_materialization
     assert "data:image/png" in mat.metadata["loss_curve"].value
+    assert undescribed_columns(instance) == {}
 
 
 def test_round_robin_reasons_and_ui(graph):

@@ -10,6 +10,26 @@ from curation_assets.methods.plugin import Candidates, Picked, Strategy
 from curation_assets.methods.tree import ancestors
 
 SCORE_STRUCT = pl.List(pl.Struct({"name": pl.String, "value": pl.Float64, "percentile": pl.Float64}))
+REASON_COLUMNS = {
+    "row_id": "Candidate row (a canonical pool row).",
+    "selected": "True when the strategy picked the row.",
+    "rank": "Pick order, 1 = first; null when not selected.",
+    "strategy": "The strategy that decided.",
+    "budget_rule": "How the budget was set (share of the candidates, or rows requested).",
+    "budget": "Rows the strategy was asked for.",
+    "eligible": "False when the method's own rules rule the row out (not the budget).",
+    "gain_name": "What `gain` measures for this strategy.",
+    "gain": "The value that decided the row's pick; null for rows not picked.",
+    "kl_contribution": "TAGS with a target: the pick's KL improvement; null otherwise.",
+    "reason": "Why the row was picked or not, in words.",
+    "scores": "The row's scores, each with its pool percentile (0-100).",
+    "tree_path": "Knowledge-tree paths of the row's leaves (root > ... > leaf), ' | ' between leaves.",
+    "canonical_tags": "The row's canonical tags.",
+    "nearest_selected": "The most similar row picked before this one (for unpicked rows: picked at all).",
+    "nearest_similarity": "Cosine similarity to nearest_selected (the embedder's).",
+    "source_file": "File the row came from.",
+    "source_row": "Record number in that file.",
+}
 
 
 def budget_rule(requested: float, pool: int, budget: int) -> str:

@@ -168,6 +168,7 @@ class Strategy:
     pick: Callable[[Candidates, Budget, Any], Picked]
     fills: frozenset[str] = frozenset({"gain", "eligible"})  # of REASON_FIELDS
     reports: dict[str, str] = field(default_factory=dict)  # Picked.extra values shown in the reasons' scores: name -> description
+    columns: dict[str, str] = field(default_factory=dict)  # Picked.columns it fills: name -> description (the UI's column schema)
     reads: tuple[str, ...] = ()  # heavy score columns it needs loaded (T-SHIRT: noisy_d)
     # Optional graph assets it reads under given settings (targeted: query_set, warmup_adapter,
     # gradient_store); `curate run` materializes them first, other strategies never wait for them.

@@ -166,6 +166,17 @@ def _needs(s: TargetedSettings) -> frozenset[str]:
     return LESS_ASSETS if s.representation == "less" else frozenset({"query_set"})
 
 
+COLUMNS = {
+    "target_query": "query_id of the query that claimed the row; null when not selected.",
+    "target_task": "Task of that query.",
+    "target_similarity": "The row's similarity to that query (representation, checkpoint-weighted).",
+    "target_round": "Round-robin round that picked it (other algorithms: its rank), 1-based.",
+    "nearest_query": "query_id of the query most similar to the row, picked or not.",
+    "nearest_query_similarity": "Similarity to that query: how far the row is from every query.",
+    "nearest_task": "Task of the nearest query.",
+    "representation": "The representation compared (less with its checkpoints, rds, embed, bm25).",
+}
+
 DESCRIPTIONS = {
     "round_robin": "TIS round robin: each query in turn claims its most similar unclaimed row.",
     "doubly_greedy": "TIS doubly greedy: rows by their highest similarity to any query.",
@@ -175,6 +186,6 @@ DESCRIPTIONS = {
 }
 
 TARGETED_STRATEGIES = tuple(
-    Strategy(name=a, description=DESCRIPTIONS[a], settings=SETTINGS[a], version=VERSION, pick=_pick(a), fills=frozenset({"gain", "eligible"}), needs=_needs)
+    Strategy(name=a, description=DESCRIPTIONS[a], settings=SETTINGS[a], version=VERSION, pick=_pick(a), fills=frozenset({"gain", "eligible"}), columns=COLUMNS, needs=_needs)
     for a in ALGORITHMS
 )
