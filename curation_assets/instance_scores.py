@@ -17,7 +17,7 @@ from curation_assets.methods.registry import SCORE_METHODS
 from curation_assets.partitions import pool_shards
 from curation_assets.rowwise import compute_missing
 from curation_assets.shards import all_shards, pool_rows, shard_frames
-from resources.llm import ENDPOINT_RETRY_POLICY, ChatModelResource
+from resources.llm import ENDPOINT_RETRY_POLICY, ChatModelResource, Completion
 from resources.scorer import CausalLMScorerResource, DeitaScorersResource
 from resources.storage import CurationStorage
 
@@ -72,9 +72,6 @@ def _metadata(scores: pl.DataFrame, rows: pl.DataFrame, stats: dict, versions: d
         "dagster/row_count": scores.height,
         "config": dg.MetadataValue.json({**config.model_dump(mode="json", exclude={"methods"}), "methods": chosen_methods(config)}),
         "cache": ui.table(pl.DataFrame([{"method": m, **s, "version": versions[m]} for m, s in stats.items()])),
-        "dagster/column_schema": dg.TableSchema(columns=[
-            dg.TableColumn(name, str(c.dtype), description=f"{m.name}: {c.description}") for m in chosen for name, c in m.columns.items()
-        ]),
     }
     for key, identity in models.items():
         meta[key] = dg.MetadataValue.json(identity)
@@ -113,6 +110,8 @@ def build_asset(config: dict | None = None, resources: dict | None = None, metho
         # A step process lost mid-run (killed, out of memory) is retried once; the rows it had scored
         # are in the row cache, so the retry scores only the rest.
         retry_policy=dg.RetryPolicy(max_retries=1, delay=5),
+        # The IO manager writes the column schema; a column's description names its method.
+        metadata={"descriptions": {"row_id": "Canonical pool row.", **{name: f"{m.name}: {c.description}" for m in methods.values() for name, c in m.columns.items()}}},
         description="Per canonical row, the registered score methods: " + "; ".join(f"{m.name} ({m.description})" for m in methods.values())
         + ". Cached per row under each method's VERSION, settings and model.",
     )
@@ -174,6 +173,16 @@ COMPARISON_SCHEMA = {
     "row_id": pl.String, "cluster": pl.Int32, "round": pl.Int32, "position": pl.Int8, "partner": pl.String,
     "score": pl.Float64, "partner_score": pl.Float64, "error": pl.String,
 }
+COMPARISON_COLUMNS = {
+    "row_id": "The judged row (a label-set representative).",
+    "cluster": "The tag cluster it was compared in.",
+    "round": "Pairing round (the first is TACOS's consecutive pairing; later ones re-pair at random).",
+    "position": "1 or 2: the row's place in the judged pair (position bias).",
+    "partner": "The other row of the pair.",
+    "score": "The judge's 0-100 score of this row; null when the answer could not be parsed.",
+    "partner_score": "The partner's score in the same call.",
+    "error": "Why no score was kept; null when scored.",
+}
 
 
 class JudgeResource(ChatModelResource):
@@ -183,6 +192,16 @@ class JudgeResource(ChatModelResource):
     model: str = "gpt-4o"
     temperature: float = 0.0
     max_tokens: int = 2048
+    score_prefill: bool = Field(
+        False,
+        description="Robust parser: when an answer lacks the score lines, have the model continue it from '[Response 1]:', "
+        "then '[Response 2]:', and read the numbers written there (small local judges; not TACOS's). Needs a model that "
+        "continues a final assistant turn: the transformers backend, or a server that does (vLLM, SGLang, llama.cpp).",
+    )
+
+    def generation_key(self) -> dict:
+        key = super().generation_key()
+        return {**key, "score_prefill": True} if self.score_prefill else key
 
 
 class ComparativeScoresConfig(dg.Config):
@@ -199,12 +218,36 @@ class ComparativeScoresConfig(dg.Config):
 
 def _judge(pairs: pl.DataFrame, texts: dict[str, tuple[str, str]], judge: JudgeResource, reference: bool = False) -> pl.DataFrame:
     parse = comparative.parse_pair_scores_reference if reference else comparative.parse_pair_scores
-    results = judge.generate([comparative.pair_messages(texts[a], texts[b], chained=reference) for a, b in zip(pairs["first"], pairs["second"])], parse)
+    conversations = [comparative.pair_messages(texts[a], texts[b], chained=reference) for a, b in zip(pairs["first"], pairs["second"])]
+    results = judge.generate(conversations, parse)
+    if judge.score_prefill and not reference:
+        results = _prefilled_scores(judge, conversations, results)
     return pairs.select("row_id").with_columns(
         pl.Series("score_first", [r.value[0] if r.ok else None for r in results], dtype=pl.Float64),
         pl.Series("score_second", [r.value[1] if r.ok else None for r in results], dtype=pl.Float64),
         pl.Series("error", [r.error for r in results], dtype=pl.String),
     )
+
+
+def _prefilled_scores(judge: JudgeResource, conversations: list, results: list) -> list:
+    """Each unparsed answer continued from "[Response 1]:", then "[Response 2]:"; a judgement
+    counts when both numbers come, else the row keeps its first error and the prefill's."""
+    failed = [i for i, r in enumerate(results) if not r.ok and r.text]
+    known: dict[int, tuple[float, ...]] = {i: () for i in failed}
+    errors: dict[int, str] = {}
+    for _ in range(2):
+        asking = [i for i in failed if i not in errors]
+        answers = judge.generate([comparative.score_prefill(conversations[i], results[i].text, known[i]) for i in asking],
+                                 comparative.parse_prefilled_score, max_tokens=comparative.PREFILL_TOKENS)
+        for i, answer in zip(asking, answers):
+            if answer.ok:
+                known[i] += (answer.value,)
+            else:
+                errors[i] = f"{results[i].error}; prefill: {answer.error}"
+    out = list(results)
+    for i in failed:
+        out[i] = Completion(True, value=known[i], text=results[i].text, attempts=results[i].attempts) if i not in errors else Completion(False, text=results[i].text, error=errors[i], attempts=results[i].attempts)
+    return out
 
 
 @dg.asset(
@@ -214,6 +257,7 @@ def _judge(pairs: pl.DataFrame, texts: dict[str, tuple[str, str]], judge: JudgeR
     automation_condition=global_refresh(),
     retry_policy=ENDPOINT_RETRY_POLICY,
     description="TACOS comparative scores: one row per (row, cluster, round) judgement, 0-100, with its partner.",
+    metadata={"descriptions": COMPARISON_COLUMNS},
 )
 def comparative_scores(
     context: dg.AssetExecutionContext,

@@ -71,9 +71,14 @@ class ChatModelResource(dg.ConfigurableResource):
             "seed": self.seed,
         }
 
-    def generate(self, conversations: list[Messages], parse: Callable[[str], Any]) -> list[Completion]:
+    def generate(self, conversations: list[Messages], parse: Callable[[str], Any], max_tokens: int | None = None) -> list[Completion]:
+        """One completion per conversation, parsed by `parse` (a ParseError re-asks, then is the
+        row's reason). With the transformers backend a conversation may end in an assistant turn,
+        which the model continues (a prefill); `max_tokens` overrides the resource's for this call."""
         if not conversations:
             return []
+        if max_tokens is not None:
+            self = self.model_copy(update={"max_tokens": max_tokens})
         if self.backend == "openai":
             key = api_key(self.api_key_env)
             try:
@@ -206,10 +211,14 @@ def _left_padded(tokenizer, prompts: list[str], pad_id: int, add_special_tokens:
 
 
 def render_chat(tokenizer, messages: Messages, add_generation_prompt: bool = True) -> str:
-    """The model's own chat template; a plain 'role: content' layout when it has none."""
+    """The model's own chat template; a plain 'role: content' layout when it has none. A final
+    assistant turn is left open, so that the model continues it."""
+    prefill = messages[-1]["role"] == "assistant"
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt and not prefill, continue_final_message=prefill)
     text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
+    if prefill:
+        return text[:-1]
     return text + ("assistant: " if add_generation_prompt else "")
 
 

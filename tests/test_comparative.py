@@ -8,7 +8,8 @@ import pytest
 
 from curation_assets.methods import selection
 from curation_assets.methods.comparative import (
-    PAIR_PROMPT, bradley_terry, cluster_members, pair_messages, parse_pair_scores, parse_pair_scores_reference, plan_comparisons,
+    PAIR_PROMPT, bradley_terry, cluster_members, pair_messages, parse_pair_scores, parse_pair_scores_reference, parse_prefilled_score,
+    plan_comparisons, score_prefill,
 )
 from resources.llm import ParseError
 
@@ -129,3 +130,24 @@ def test_bradley_terry_orders_by_wins_and_solves_its_likelihood_equations():
         assert abs(observed - expected) < 1e-8
     assert bradley_terry(["x", "y"], ["y", "x"], [1, 1]) == {"x": 0.0, "y": 0.0}
     assert bradley_terry([], [], []) == {}
+
+
+def test_score_prefill_opens_the_next_score_line_after_the_answer():
+    asked = pair_messages(("Q1", "A1"), ("Q2", "A2"))
+    first = score_prefill(asked, "Both fine.\n\n", ())
+    assert first[:2] == asked and first[-1] == {"role": "assistant", "content": "Both fine.\n\n[Response 1]:"}
+    second = score_prefill(asked, "Both fine.", (72.0,))
+    assert second[-1]["content"] == "Both fine.\n\n[Response 1]: 72\n[Response 2]:"
+    looping = score_prefill(asked, "loop " * 1000, ())
+    assert len(looping[-1]["content"]) < 1600  # a looping answer is cut before the prefill
+
+
+@pytest.mark.parametrize("text,score", [(" 72", 72.0), ("85/100 because", 85.0), (" **60**", 60.0), ("100", 100.0), (" 7.5\n", 7.5)])
+def test_prefilled_score_is_the_number_written_there(text, score):
+    assert parse_prefilled_score(text) == score
+
+
+@pytest.mark.parametrize("text", ["", " none", " 150", "-5", " score: 70"])
+def test_prefilled_score_rejects_anything_else(text):
+    with pytest.raises(ParseError):
+        parse_prefilled_score(text)

@@ -137,6 +137,47 @@ def test_asset_scores_pairs_within_clusters_with_a_local_judge(tmp_path, resourc
     assert meta["failed_judgements"].value == 0 and "data:image/png" in meta["score_histogram"].value
 
 
+def test_a_judge_without_score_lines_is_continued_from_them(tmp_path, resources, instance):
+    """score_prefill: answers without the two lines are continued from "[Response 1]:" and then
+    "[Response 2]:"; a pair whose continuation holds no number keeps both errors. Each pair is judged
+    in both orders and the stub writes the second number only when the longer response comes first."""
+    rows = [{"instruction": f"Write a Python function number {i} that sorts a list.", "output": "x" * (10 + i)} for i in range(5)]
+    rows += [{"instruction": f"Explain photosynthesis in plants, part {i}.", "output": "y" * (5 + i)} for i in range(4)]
+    path = tmp_path / "pool.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    key = land(resources, path)
+    instance.add_dynamic_partitions("pool_shards", [key])
+    assets = [raw_pool, open_tags, normalized_tags, comparative_scores]
+    assert dg.materialize(assets[:2], resources=resources, partition_key=key, instance=instance).success
+    prefills = []
+
+    def reply(body, attempt):
+        last = body["messages"][-1]
+        if last["role"] != "assistant":
+            return 200, "The two items are about related topics. " * 3, 0
+        prefills.append(last["content"])
+        first, second = [len(x) for x in re.findall(r"\[Response \d\]\n([xy]+)", body["messages"][1]["content"])]
+        if last["content"].endswith("[Response 1]:"):
+            return 200, f" {first} out of 100", 0
+        return 200, (f" {second}" if first > second else " not sure"), 0
+
+    config = {"ops": {"normalized_tags": {"config": {"alpha": 1, "n_clusters": 2, "merge_threshold": None}}, "comparative_scores": {"config": {"both_orders": True}}}}
+    with stub_server(reply) as (stub, url):
+        judged = {**resources, "judge": JudgeResource(enabled=True, base_url=url, model="stub", backoff_s=0.01, max_retries=0, score_prefill=True)}
+        assert dg.materialize(assets, resources=judged, instance=instance, selection=["normalized_tags", "tag_vocabulary", "comparative_scores"], run_config=config).success
+        pairs = stub.calls - len(prefills)
+    table = pl.read_parquet(resources["storage"].asset_file("comparative_scores"))
+    lengths = {r: len(o) for r, o in pl.read_parquet(resources["storage"].asset_file("raw_pool", key)).select("row_id", "response").iter_rows()}
+    scored, failed = table.filter(pl.col("score").is_not_null()), table.filter(pl.col("score").is_null())
+    assert scored.height and failed.height and pairs > 0
+    # The numbers written after each prefilled line are the scores: here, each response's length.
+    assert all(score == lengths[row] for row, score in scored.select("row_id", "score").iter_rows()) and scored["error"].null_count() == scored.height
+    assert failed["error"].str.contains("no '\\[Response 1\\]: score'.*; prefill: unparseable answer: no 0-100 score").all()
+    # Per pair: one continuation for the first score, then one for the second.
+    assert len(prefills) == 2 * pairs and all(p.startswith("The two items") for p in prefills)
+    assert {p.rsplit("\n", 1)[-1] for p in prefills} == {"[Response 1]:", "[Response 2]:"}
+
+
 def test_asset_with_the_reference_parser(tmp_path, resources, instance):
     rows = [{"instruction": f"Write a Python function number {i} that sorts a list.", "output": "x" * (10 + i)} for i in range(5)]
     rows += [{"instruction": f"Explain photosynthesis in plants, part {i}.", "output": "y" * (5 + i)} for i in range(4)]

@@ -41,6 +41,27 @@ def test_parse_tags_rejects_invalid_answers(answer):
         parse_tags(answer)
 
 
+@pytest.mark.parametrize(
+    "answer, tags",
+    [  # a small model's usual damage (SmolLM2-135M's answers in the LLM profile), mended
+        ('{"tags": [{"tag": "Math", "explanation": "x"}]}\n{"tags": [{"tag": "Math", "explanation": "x"}]}', ["Math"]),
+        ('{"tags": [{"tag": "Math", "explanation": "x"},\n]}', ["Math"]),
+        ('{"tags": [{"tag": "Math", "explanation": "x"}, {"tag": "Linear Algebra", "explanation": "y"}, {"tag": "Geo', ["Math", "Linear Algebra"]),
+        ('[{"tag": "A \\"quoted\\" [b]", "explanation": "}"}, {"tag": "B", "expl', ['A "quoted" [b]']),
+        ('{"tags": ["Python loops", " Lists "]}', ["Python loops", "Lists"]),
+        ('Sure! {"tags": [{"tag": "Math"}]} I hope this helps {', ["Math"]),
+    ],
+)
+def test_parse_tags_mends_what_small_models_break(answer, tags):
+    assert [t["tag"] for t in parse_tags(answer)] == tags
+
+
+@pytest.mark.parametrize("answer", ['{"tags": [{"tag', '[{"tag": "Math"', '{"tags": [}', '[{"tag": "x"]}'])
+def test_parse_tags_mends_nothing_without_a_complete_tag(answer):
+    with pytest.raises(ParseError):
+        parse_tags(answer)
+
+
 def tacos_parse(key):
     """tag_cluster.py's normalize_tag_format restated: the content between ```json\n and \n```,
     else the whole answer, through json.loads; any exception makes the row a bad case (None)."""
@@ -258,6 +279,23 @@ def test_transformers_backend_generates_in_batches_with_the_chat_template():
 
     results = chat.generate([[{"role": "user", "content": f"Tag instruction {i}."}] for i in range(5)], accept)
     assert all(r.ok and isinstance(r.value, str) for r in results) and len(seen) == 5
+
+
+def test_a_final_assistant_turn_is_continued_and_max_tokens_overrides():
+    from resources.llm import render_chat
+    from resources.models import load_causal_lm
+
+    tokenizer, _ = load_causal_lm(str(FIXTURES / "tiny_llama"), "cpu", "float32")
+    question = [{"role": "user", "content": "Score it."}]
+    prefilled = question + [{"role": "assistant", "content": "Analysis.\n[Response 1]:"}]
+    opened = render_chat(tokenizer, question)
+    assert render_chat(tokenizer, prefilled) == opened + "Analysis.\n[Response 1]:"  # open, no end-of-turn token
+    assert render_chat(None, prefilled) == "user: Score it.\nassistant: Analysis.\n[Response 1]:"  # no template
+    chat = ChatModelResource(backend="transformers", model=str(FIXTURES / "tiny_llama"), max_tokens=8, max_retries=0, seed=0)
+    [short] = chat.generate([prefilled], lambda text: text, max_tokens=2)
+    [full] = chat.generate([prefilled], lambda text: text)
+    # Greedy: the 2-token answer begins the 8-token one (a cut multi-byte character aside).
+    assert short.ok and full.value.startswith(short.value.rstrip("\ufffd")) and len(short.value) < len(full.value) and chat.max_tokens == 8
 
 
 def test_transformers_tagger_marks_unparseable_rows_failed():

@@ -105,6 +105,29 @@ def parse_pair_scores(text: str) -> tuple[float, float]:
     return scores
 
 
+# A small local judge rarely ends with the two score lines (SmolLM2-135M loops or echoes the prompt
+# under greedy decoding). Our fallback, not TACOS's: continue its own answer from "[Response k]:"
+# and read the number it writes there. Answers kept up to here, so a loop does not swamp the prefill.
+PREFILL_ANSWER_CHARS = 1500
+PREFILL_TOKENS = 6
+_PREFILLED_SCORE = re.compile(r"^\s*\**\s*(\d{1,3}(?:\.\d+)?)")
+
+
+def score_prefill(messages: Messages, answer: str, known: tuple[float, ...] = ()) -> Messages:
+    """`messages` plus the judge's answer left open at the next "[Response k]:" line, the scores
+    in `known` (those of the responses before k) already written."""
+    lines = [f"[Response {k}]: {score:g}" for k, score in enumerate(known, 1)] + [f"[Response {len(known) + 1}]:"]
+    return [*messages, {"role": "assistant", "content": (answer or "")[:PREFILL_ANSWER_CHARS].rstrip() + "\n\n" + "\n".join(lines)}]
+
+
+def parse_prefilled_score(text: str) -> float:
+    """The 0-100 number a prefilled "[Response k]:" was continued with."""
+    match = _PREFILLED_SCORE.match(text or "")
+    if not match or not 0 <= float(match.group(1)) <= 100:
+        raise ParseError(f"no 0-100 score after the prefilled line (got {(text or '')[:20]!r})")
+    return float(match.group(1))
+
+
 @dataclass(frozen=True)
 class Comparison:
     """One judge call: `first` and `second` are row ids; `keep` says whose scores count."""

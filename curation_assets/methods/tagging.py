@@ -91,12 +91,15 @@ def parse_tags(text: str) -> list[dict[str, str]]:
 
     Where it differs from TACOS's parser (`parse_tags_reference`): it also reads ```JSON or bare ```
     fences, CRLF line ends, fences without a newline, JSON after leading prose, an object holding a
-    "tags" list and a single {tag} object; it strips every tag and collapses its inner whitespace
-    ("Code  \n Review" is "Code Review"), so spellings that differ only in spacing count as one; and
-    it validates the whole answer: an empty list, an item without a string "tag", a non-string
-    explanation, or a single tag that is empty or whitespace-only or longer than 120 characters
-    rejects the whole answer (re-asked, then a per-row reason), where TACOS keeps such answers or
-    crashes on them later.
+    "tags" list, a single {tag} object and a list of plain tag strings; small models' usual damage
+    is mended, each repair only after the strict reading failed: the first complete JSON value is
+    read when text follows it (an answer repeated twice), trailing commas are dropped, and an
+    answer cut off by the token limit keeps the tags it completed. Every tag is stripped and its
+    inner whitespace collapsed ("Code  \n Review" is "Code Review"), so spellings that differ only
+    in spacing count as one; and the whole answer is validated: an empty list, an item without a
+    string "tag", a non-string explanation, or a single tag that is empty or whitespace-only or
+    longer than 120 characters rejects the whole answer (re-asked, then a per-row reason), where
+    TACOS keeps such answers or crashes on them later.
     """
     if text is None:
         raise ParseError("empty answer")
@@ -105,17 +108,67 @@ def parse_tags(text: str) -> list[dict[str, str]]:
     if start >= 0:
         candidates.append(text[start:])
     last_error = "no JSON found"
-    for candidate in candidates:
-        try:
-            data = orjson.loads(candidate.strip())
-        except orjson.JSONDecodeError as exc:
-            last_error = f"invalid JSON ({str(exc)[:80]})"
-            continue
-        try:
-            return _validate(data)
-        except ParseError as exc:
-            last_error = str(exc)
+    for read in (_strict_json, _mended_json):
+        for candidate in candidates:
+            try:
+                data = read(candidate.strip())
+            except ValueError as exc:
+                last_error = last_error if read is _mended_json else f"invalid JSON ({str(exc)[:80]})"
+                continue
+            try:
+                return _validate(data)
+            except ParseError as exc:
+                last_error = str(exc)
     raise ParseError(last_error)
+
+
+def _strict_json(text: str):
+    return orjson.loads(text)
+
+
+_TRAILING_COMMA = re.compile(r",(\s*[\]}])")
+
+
+def _mended_json(text: str):
+    """The first JSON value in `text`, mended: trailing commas dropped, and if the text ends inside
+    the value, cut after its last complete item with the open brackets closed."""
+    start = min((i for i in (text.find("["), text.find("{")) if i >= 0), default=-1)
+    if start < 0:
+        raise ValueError("no JSON found")
+    text = _close_truncated(text[start:])
+    decoder = json.JSONDecoder()
+    for attempt in (text, _TRAILING_COMMA.sub(r"\1", text)):
+        try:
+            return decoder.raw_decode(attempt)[0]
+        except ValueError:
+            continue
+    raise ValueError("no JSON value could be read")
+
+
+def _close_truncated(text: str) -> str:
+    """`text` (starting with a bracket) unchanged if its first value closes; else cut after the
+    last bracket that closed inside it, with the brackets still open there closed in order."""
+    stack: list[str] = []
+    in_string = escaped = False
+    cut = None  # (end, brackets still open) after the last closed item
+    for i, char in enumerate(text):
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (char == "\\", char != '"')
+            continue
+        if char == '"':
+            in_string = True
+        elif char in "[{":
+            stack.append("]" if char == "[" else "}")
+        elif char in "]}":
+            if not stack or stack.pop() != char:
+                return text  # not well nested: leave it to the decoder's error
+            if not stack:
+                return text
+            cut = (i + 1, list(stack))
+    if cut is None:
+        return text
+    end, still_open = cut
+    return text[:end] + "".join(reversed(still_open))
 
 
 _REFERENCE_FENCE = re.compile(r"```json\n(.*?)\n```", re.DOTALL)
@@ -149,6 +202,8 @@ def _validate(data) -> list[dict[str, str]]:
         raise ParseError("expected a non-empty list of {tag, explanation}")
     tags = []
     for item in data:
+        if isinstance(item, str):  # a list of plain tag strings
+            item = {"tag": item}
         if not isinstance(item, dict) or not isinstance(item.get("tag"), str):
             raise ParseError("every item needs a string 'tag'")
         tag = " ".join(item["tag"].split())
