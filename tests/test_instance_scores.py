@@ -137,18 +137,25 @@ def test_asset_scores_pairs_within_clusters_with_a_local_judge(tmp_path, resourc
     assert meta["failed_judgements"].value == 0 and "data:image/png" in meta["score_histogram"].value
 
 
-def test_a_judge_without_score_lines_is_continued_from_them(tmp_path, resources, instance):
-    """score_prefill: answers without the two lines are continued from "[Response 1]:" and then
-    "[Response 2]:"; a pair whose continuation holds no number keeps both errors. Each pair is judged
-    in both orders and the stub writes the second number only when the longer response comes first."""
+def tagged_pairs_pool(tmp_path, resources, instance) -> str:
+    """A landed, tagged shard of two topics (5 sorting functions, x-responses of 10-14 chars; 4
+    photosynthesis parts, y-responses of 5-8 chars); returns its partition key."""
     rows = [{"instruction": f"Write a Python function number {i} that sorts a list.", "output": "x" * (10 + i)} for i in range(5)]
     rows += [{"instruction": f"Explain photosynthesis in plants, part {i}.", "output": "y" * (5 + i)} for i in range(4)]
     path = tmp_path / "pool.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     key = land(resources, path)
     instance.add_dynamic_partitions("pool_shards", [key])
+    assert dg.materialize([raw_pool, open_tags], resources=resources, partition_key=key, instance=instance).success
+    return key
+
+
+def test_a_judge_without_score_lines_is_continued_from_them(tmp_path, resources, instance):
+    """score_prefill: answers without the two lines are continued from "[Response 1]:" and then
+    "[Response 2]:"; a pair whose continuation holds no number keeps both errors. Each pair is judged
+    in both orders and the stub writes the second number only when the longer response comes first."""
+    key = tagged_pairs_pool(tmp_path, resources, instance)
     assets = [raw_pool, open_tags, normalized_tags, comparative_scores]
-    assert dg.materialize(assets[:2], resources=resources, partition_key=key, instance=instance).success
     prefills = []
 
     def reply(body, attempt):
@@ -179,14 +186,8 @@ def test_a_judge_without_score_lines_is_continued_from_them(tmp_path, resources,
 
 
 def test_asset_with_the_reference_parser(tmp_path, resources, instance):
-    rows = [{"instruction": f"Write a Python function number {i} that sorts a list.", "output": "x" * (10 + i)} for i in range(5)]
-    rows += [{"instruction": f"Explain photosynthesis in plants, part {i}.", "output": "y" * (5 + i)} for i in range(4)]
-    path = tmp_path / "pool.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    key = land(resources, path)
-    instance.add_dynamic_partitions("pool_shards", [key])
+    tagged_pairs_pool(tmp_path, resources, instance)
     assets = [raw_pool, open_tags, normalized_tags, comparative_scores]
-    assert dg.materialize(assets[:2], resources=resources, partition_key=key, instance=instance).success
 
     def reply(body, attempt):
         user = body["messages"][-1]["content"]
