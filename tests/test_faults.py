@@ -3,6 +3,7 @@ of the landing folder, failed shards in the headless summary, a killed run (issu
 
 import json
 import os
+import re
 from pathlib import Path
 
 import dagster as dg
@@ -318,3 +319,107 @@ def test_a_killed_headless_run_frees_its_slot_and_the_rerun_loses_and_repeats_no
     stored = pl.concat([pl.read_parquet(p) for p in parts()])
     assert stored.height == n and stored["row_id"].n_unique() == n
     assert pl.read_parquet(home / "assets" / "selection_reasons.parquet").height == n
+
+
+# A run as the daemon's run workers execute it: the multiprocess executor, each step in its own
+# (spawned) process, the job rebuilt from the project config as on a cluster worker. The guard
+# matters: a spawned step process imports this script again.
+STEP_PROCESS_DRIVER = """
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+from curation_assets.definitions import SHARD_JOB, project_definitions
+from curation_assets.headless import RUN_CONFIG
+from curation_assets.landing import land_file
+from curation_assets.partitions import pool_shards
+from curation_assets.project import ProjectConfig
+
+if __name__ == "__main__":
+    config_path, home, pool = sys.argv[1:4]
+    project = ProjectConfig.load(config_path)
+    project.home = home
+    storage = project_definitions(project).resources["storage"]
+    shard = land_file(Path(pool), storage.landed, Path(pool).name)
+    with dg.DagsterInstance.get() as instance:
+        instance.add_dynamic_partitions(pool_shards.name, [shard.partition])
+        job = dg.build_reconstructable_job("curation_assets.definitions", "cluster_job",
+                                           reconstructable_kwargs={"name": SHARD_JOB, "home": home, "config_path": config_path})
+        keys = [dg.AssetKey("raw_pool"), dg.AssetKey("raw_pool_quarantine"), dg.AssetKey("instance_scores")]
+        with dg.execute_job(job, instance, run_config=RUN_CONFIG, tags={"dagster/partition": shard.partition}, asset_selection=keys) as result:
+            print("run", result.run_id, "success" if result.success else "failed", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_step_process_is_retried_and_scores_only_the_rest(tmp_path, monkeypatch):
+    """SIGKILL the process executing instance_scores (the multiprocess executor's step process, as
+    under the daemon) while its rows are being scored: the run's own process survives, the step's
+    RetryPolicy starts it again, and the retry scores only the rows the killed step had not cached."""
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    dagster_home = project_dagster_home(tmp_path / "dagster_home")
+    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+    home = tmp_path / "home"
+    config = headless_config(tmp_path / "config.yaml", "{methods: [ifd], chunk_rows: 4}")
+    n = 600
+    pool = write_jsonl(tmp_path / "pool.jsonl", [{"instruction": f"Question number {i} about item {i * 7}?", "output": f"Answer {i}, at length: " + "word " * (i % 30)} for i in range(n)])
+    env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    cache = home / "cache" / "instance_scores" / "ifd"
+
+    def parts() -> list[Path]:
+        return [p for p in cache.rglob("*.parquet") if p.name != "index.parquet"]
+
+    driver = tmp_path / "driver.py"
+    driver.write_text(STEP_PROCESS_DRIVER)
+    with open(tmp_path / "run.log", "w") as log:
+        run = subprocess.Popen([sys.executable, str(driver), str(config), str(home), str(pool)], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: run.poll() is not None or parts(), 600, "the first scored chunk", every=0.05)
+            # The step process: the Python descendant of the run's process whose only children are
+            # helpers (not the forkserver, a resource tracker, the compute logs' `tail` or orphan watcher).
+            def is_helper(p: psutil.Process) -> bool:
+                command = p.cmdline()
+                return "python" not in command[0] or any("resource_tracker" in c or "watch_orphans" in c for c in command)
+
+            def is_step(p: psutil.Process) -> bool:
+                return not is_helper(p) and all(is_helper(c) for c in p.children())
+
+            steps = [p for p in psutil.Process(run.pid).children(recursive=True) if is_step(p)]
+            assert len(steps) == 1, [(p.pid, p.ppid(), p.name(), p.cmdline()[:3]) for p in psutil.Process(run.pid).children(recursive=True)]
+            steps[0].send_signal(signal.SIGKILL)
+            psutil.wait_procs([steps[0]], timeout=30)
+            scored_when_killed = sum(pl.read_parquet(p).height for p in parts())
+            assert run.wait(timeout=600) == 0  # the run's process lives on
+        finally:
+            if run.poll() is None:
+                run.kill()
+    log_text = (tmp_path / "run.log").read_text()
+    assert f"run {killed_run_id(log_text)} success" in log_text, log_text[-3000:]
+
+    instance = dg.DagsterInstance.get()
+    [run_record] = instance.get_runs()
+    assert run_record.status == dg.DagsterRunStatus.SUCCESS
+    workers = instance.all_logs(run_record.run_id, of_type=dg.DagsterEventType.STEP_WORKER_STARTED)
+    assert [e.step_key for e in workers].count("instance_scores") == 2  # the killed attempt and its retry
+    assert not instance.event_log_storage.get_concurrency_info("gpu").claimed_slots
+
+    # The first attempt's progress lines count all canonical rows, the retry's only those left.
+    totals = [int(m) for m in re.findall(r"ifd: computed \d+/(\d+) rows", log_text)]
+    canonical = totals[0]
+    assert 0 < scored_when_killed < canonical and totals[-1] == canonical - scored_when_killed, (scored_when_killed, sorted(set(totals)))
+    [scores_file] = (home / "assets" / "instance_scores").glob("*.parquet")
+    scores = pl.read_parquet(scores_file)
+    assert scores.height == canonical and scores["row_id"].n_unique() == canonical and scores["ifd_ppl"].null_count() == 0
+    stored = pl.concat([pl.read_parquet(p) for p in parts()])
+    assert stored.height == canonical and stored["row_id"].n_unique() == canonical  # no row scored twice
+
+
+def killed_run_id(log_text: str) -> str:
+    [line] = [line for line in log_text.splitlines() if line.startswith("run ")]
+    return line.split()[1]
