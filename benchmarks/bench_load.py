@@ -56,6 +56,30 @@ def write_pool_file(landing: Path, index: int, rows: int) -> int:
     return len(lines)
 
 
+def shared_conversations(curation_home: Path, partitions: list[str]) -> dict:
+    """Cross-file identity as the global steps decide it (shards.with_first_copy): per conversation
+    stored in two files, how many canonical copies it has, and whether that copy is in the file that
+    landed first (by its landing manifest), whatever order the runs finished in."""
+    import polars as pl
+
+    from curation_assets.shards import with_first_copy
+
+    landed = {p: json.loads((curation_home / "landed" / p / "landing.json").read_text())["landed_at"] for p in partitions}
+    pool = pl.scan_parquet([curation_home / "assets" / "raw_pool" / f"{p}.parquet" for p in partitions])
+    rows = with_first_copy(pool).select("row_id", "source_partition", "first_copy").collect()
+    rows = rows.with_columns(pl.col("source_partition").replace_strict(landed).alias("manifest_landed_at"))
+    per_conversation = rows.group_by("row_id").agg(
+        pl.col("source_partition").n_unique().alias("files"),
+        pl.col("first_copy").is_null().sum().alias("canonical"),
+        (pl.col("manifest_landed_at").filter(pl.col("first_copy").is_null()).first() == pl.col("manifest_landed_at").min()).alias("first_landed"),
+    ).filter(pl.col("files") > 1)
+    return {
+        "shared": per_conversation.height,
+        "one_canonical": int((per_conversation["canonical"] == 1).sum()),
+        "first_landed": int(per_conversation["first_landed"].sum()),
+    }
+
+
 def run_load(files: int, rows: int, waves: int, timeout: float, workdir: Path) -> dict:
     import dagster as dg
     import polars as pl
@@ -63,8 +87,13 @@ def run_load(files: int, rows: int, waves: int, timeout: float, workdir: Path) -
     dagster_home, curation_home = workdir / "dagster_home", workdir / "curation"
     dagster_home.mkdir(parents=True)
     (dagster_home / "dagster.yaml").write_text(INSTANCE_YAML.format(home=dagster_home))
+    # A config of its own: the daemon's code server starts in the project folder, whose curation.yaml
+    # would otherwise put the data home (and the landing folder the sensor watches) there.
+    config = workdir / "curation.yaml"
+    config.write_text(f"home: {curation_home}\n")
     settings = {
         "DAGSTER_HOME": str(dagster_home),
+        "CURATION_CONFIG": str(config),
         "CURATION_HOME": str(curation_home),
         "CURATION_LANDING_INTERVAL": "2",
         "CURATION_AUTOMATION": "off",
@@ -122,6 +151,7 @@ def run_load(files: int, rows: int, waves: int, timeout: float, workdir: Path) -
             pool = pl.read_parquet(curation_home / "assets" / "raw_pool" / f"{p}.parquet")
             quarantine = pl.read_parquet(curation_home / "assets" / "raw_pool_quarantine" / f"{p}.parquet")
             recount_ok += pool.height + quarantine.height == records and quarantine["reason"].to_list() == ["invalid_json"]
+        shared = shared_conversations(curation_home, partitions)
 
     rows_total = sum(written.values())
     report = {
@@ -140,6 +170,11 @@ def run_load(files: int, rows: int, waves: int, timeout: float, workdir: Path) -
         "partitions_with_one_materialization": sum(v == 1 for v in materializations.values()),
         "shards_reconciled_by_check": sum(checks_passed.values()),
         "shards_reconciled_by_recount": recount_ok,
+        # Each file repeats two of the previous file's conversations: across the pool, each of them
+        # has exactly one canonical copy, the one in the file landed first, whatever order the runs took.
+        "conversations_shared_across_files": shared["shared"],
+        "shared_with_one_canonical_copy": shared["one_canonical"],
+        "shared_canonical_in_first_landed_file": shared["first_landed"],
         "cpus": os.cpu_count(),
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
@@ -149,6 +184,8 @@ def run_load(files: int, rows: int, waves: int, timeout: float, workdir: Path) -
         and report["failed_runs"] == 0
         and report["partitions_with_one_run"] == report["partitions_with_one_materialization"] == files
         and report["shards_reconciled_by_check"] == report["shards_reconciled_by_recount"] == files
+        and report["conversations_shared_across_files"] == 2 * (files - 1)
+        and report["shared_with_one_canonical_copy"] == report["shared_canonical_in_first_landed_file"] == 2 * (files - 1)
     )
     return report
 
