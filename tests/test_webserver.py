@@ -111,15 +111,18 @@ def wait_for(predicate, timeout, what):
 def webserver_and_daemon(env: dict[str, str], logs: Path, cwd: Path = ROOT):
     """`dagster-webserver` and `dagster-daemon run` on workspace.yaml, as the README starts them
     (both stopped with their code servers and run workers when the block ends, even on failure)."""
-    with dagster_webserver(env, logs, cwd=cwd) as port, dagster_daemon(env, logs, cwd=cwd):
+    with dagster_webserver(env, logs, cwd=cwd) as port:
         def up():
             try:
                 return httpx.get(f"http://127.0.0.1:{port}/server_info", timeout=5).status_code == 200
             except httpx.HTTPError:
                 return False
 
+        # The daemon only once the webserver is up: both create a fresh SQLite instance's tables
+        # on start, and started together one can fail with "table ... already exists".
         wait_for(up, 180, "the webserver")
-        yield port
+        with dagster_daemon(env, logs, cwd=cwd):
+            yield port
 
 
 def all_runs(port) -> list[dict]:
