@@ -264,6 +264,17 @@ def wait_for(predicate, timeout: float, what: str, every: float = 0.2):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def ifd_scoring_setup(tmp_path, monkeypatch, n: int):
+    """A project instance, an IFD-only headless config scoring 4 rows a chunk and a pool of `n` rows:
+    (data home, config, pool file, environment for the subprocesses)."""
+    dagster_home = project_dagster_home(tmp_path / "dagster_home")
+    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+    config = headless_config(tmp_path / "config.yaml", "{methods: [ifd], chunk_rows: 4}")
+    pool = write_jsonl(tmp_path / "pool.jsonl", [{"instruction": f"Question number {i} about item {i * 7}?", "output": f"Answer {i}, at length: " + "word " * (i % 30)} for i in range(n)])
+    env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    return tmp_path / "home", config, pool, env
+
+
 @pytest.mark.slow
 def test_a_killed_headless_run_frees_its_slot_and_the_rerun_loses_and_repeats_nothing(tmp_path, monkeypatch):
     """SIGKILL `curate run` (the run's parent: in-process, it also runs the step) in the middle of
@@ -273,13 +284,8 @@ def test_a_killed_headless_run_frees_its_slot_and_the_rerun_loses_and_repeats_no
     import subprocess
     import sys
 
-    dagster_home = project_dagster_home(tmp_path / "dagster_home")
-    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
-    home = tmp_path / "home"
-    config = headless_config(tmp_path / "config.yaml", "{methods: [ifd], chunk_rows: 4}")
     n = 400
-    pool = write_jsonl(tmp_path / "pool.jsonl", [{"instruction": f"Question number {i} about item {i * 7}?", "output": f"Answer {i}, at length: " + "word " * (i % 30)} for i in range(n)])
-    env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    home, config, pool, env = ifd_scoring_setup(tmp_path, monkeypatch, n)
     command = [sys.executable, "-m", "curation_assets.cli", "run", "--config", str(config), "--home", str(home)]
     cache = home / "cache" / "instance_scores" / "ifd"
 
@@ -363,13 +369,8 @@ def test_a_killed_step_process_is_retried_and_scores_only_the_rest(tmp_path, mon
 
     import psutil
 
-    dagster_home = project_dagster_home(tmp_path / "dagster_home")
-    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
-    home = tmp_path / "home"
-    config = headless_config(tmp_path / "config.yaml", "{methods: [ifd], chunk_rows: 4}")
     n = 600
-    pool = write_jsonl(tmp_path / "pool.jsonl", [{"instruction": f"Question number {i} about item {i * 7}?", "output": f"Answer {i}, at length: " + "word " * (i % 30)} for i in range(n)])
-    env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    home, config, pool, env = ifd_scoring_setup(tmp_path, monkeypatch, n)
     cache = home / "cache" / "instance_scores" / "ifd"
 
     def parts() -> list[Path]:
