@@ -3,6 +3,7 @@ the tree namer resource naming internal nodes through a local chat endpoint (one
 prompt, answers cached)."""
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -66,3 +67,35 @@ def test_asset_puts_every_tree_tag_on_a_leaf_and_every_tagged_row_on_the_tree(tm
     assert members.group_by("row_id").agg(pl.col("weight").sum())["weight"].to_list() == pytest.approx([1.0] * len(tagged))
     meta = {m.asset_key.path[-1]: m.metadata for m in result.asset_materializations_for_node("knowledge_tree")}
     assert meta["knowledge_tree"]["leaves"].value == len(tree_tags) and meta["tree_memberships"]["rows_without_leaf"].value == tags.height - len(tagged)
+
+
+def test_demo_pool_tree_has_leaf_concepts_shared_by_rows(tmp_path, instance):
+    """Issue 13 item 4: on the demo pool, with exactly the settings curation.yaml gives the demo
+    (the definitions the UI loads), keyphrase tags grouped into leaf concepts put a median of at
+    least 3 rows on a leaf (per-phrase leaves gave 1)."""
+    from curation_assets.definitions import project_definitions
+    from curation_assets.landing import files_inside, is_data_file, scan_landing
+    from curation_assets.project import ProjectConfig
+
+    root = Path(__file__).resolve().parents[1]
+    config = ProjectConfig.load(root / "curation.yaml")
+    config.home = str(tmp_path / "home")
+    defs = project_definitions(config)
+    storage = defs.resources["storage"]
+    landed, _ = scan_landing(root / "demo" / "pool", storage.landed, {}, set(), min_age_seconds=0)
+    assert len(landed) == sum(is_data_file(p) for p in files_inside(root / "demo" / "pool")) >= 7
+    keys = [f.partition for f in landed]
+    instance.add_dynamic_partitions("pool_shards", keys)
+    graph = defs.resolve_asset_graph()
+    assets = {graph.assets_def_for_key(k) for k in graph.get_all_asset_keys()}
+    for key in keys:
+        assert dg.materialize(list(assets), instance=instance, partition_key=key, selection=["raw_pool", "raw_pool_quarantine", "open_tags"]).success
+    result = dg.materialize(list(assets), instance=instance, selection=["normalized_tags", "tag_vocabulary", "knowledge_tree", "tree_memberships"])
+    assert result.success
+    meta = {m.asset_key.path[-1]: m.metadata for m in result.asset_materializations_for_node("knowledge_tree")}["knowledge_tree"]
+    assert meta["quality/rows_per_leaf_median"].value >= 3, {k: v.value for k, v in meta.items() if k.startswith("quality/")}
+    members = pl.read_parquet(storage.asset_file("tree_memberships"))
+    nodes = pl.read_parquet(storage.asset_file("knowledge_tree"))
+    per_leaf = members.group_by("node_id").agg(pl.col("row_id").n_unique())["row_id"]
+    assert per_leaf.median() == meta["quality/rows_per_leaf_median"].value  # the metadata is the stored tree's
+    assert nodes.filter(pl.col("is_leaf")).height == meta["leaves"].value
