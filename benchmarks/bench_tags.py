@@ -109,9 +109,10 @@ def part1(n_rows: int, n_tags: int) -> None:
 
 def print_quality(trees: dict[str, dict]) -> None:
     names = list(trees)
-    print(f"  {'tree quality':<28}" + "".join(f"{n:>20}" for n in names))
+    width = max(20, *(len(n) + 2 for n in names))
+    print(f"  {'tree quality':<28}" + "".join(f"{n:>{width}}" for n in names))
     for key in trees[names[0]]:
-        print(f"  {key:<28}" + "".join(f"{trees[n][key]:>20.3f}" if isinstance(trees[n][key], float) else f"{trees[n][key]:>20,}" for n in names))
+        print(f"  {key:<28}" + "".join(f"{trees[n][key]:>{width}.3f}" if isinstance(trees[n][key], float) else f"{trees[n][key]:>{width},}" for n in names))
 
 
 def demo_pool_figures() -> None:
