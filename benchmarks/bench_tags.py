@@ -146,11 +146,11 @@ def demo_pool_figures() -> None:
     trees = {}
     for name, min_df, leaf_threshold in (("before: per-tag leaves", 1, None), ("now: min_df + concepts", tagger.min_df, norm.leaf_threshold)):
         t = time.perf_counter()
-        tags = []
-        for shard in shards:  # tagged per shard, as open_tags does
-            shard = shard.filter(pl.col("row_id").is_in(pool["row_id"].implode()))
-            tags += list(zip(shard["row_id"], keyphrase_tags(shard["instruction"].to_list(), encode, top_n=tagger.top_n, ngram_range=(tagger.min_ngram, tagger.max_ngram), diversity=tagger.diversity, min_df=min_df)))
-        by_id = dict(tags)
+        by_id = {}
+        for shard in shards:  # tagged per shard, as open_tags does (a row in two files keeps its first file's tags)
+            tags = keyphrase_tags(shard["instruction"].to_list(), encode, top_n=tagger.top_n, ngram_range=(tagger.min_ngram, tagger.max_ngram), diversity=tagger.diversity, min_df=min_df)
+            for row_id, row_tags in zip(shard["row_id"], tags):
+                by_id.setdefault(row_id, row_tags)
         rows = pool.select("row_id", pl.Series("raw_tags", [[t["tag"] for t in by_id[r]] for r in pool["row_id"]], dtype=pl.List(pl.String)), pl.col("response").str.len_chars().alias("response_chars"), pl.int_range(pl.len()).alias("pool_order"))
         out, vocab = normalize_tags(rows, encode, norm.settings())
         if leaf_threshold is not None:
