@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 from conftest import land, project_dagster_home
+from servers import wait_for
 from curation_assets.raw_pool import raw_pool
 
 DEMO = Path(__file__).resolve().parents[1] / "demo"
@@ -252,18 +253,6 @@ def test_headless_summary_tells_the_truth_and_a_rerun_repairs(tmp_path, monkeypa
 # --------------------------------------------------------------------------- killed runs
 
 
-def wait_for(predicate, timeout: float, what: str, every: float = 0.2):
-    import time
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def ifd_scoring_setup(tmp_path, monkeypatch, n: int):
     """A project instance, an IFD-only headless config scoring 4 rows a chunk and a pool of `n` rows:
     (data home, config, pool file, environment for the subprocesses)."""
@@ -298,7 +287,7 @@ def test_a_killed_headless_run_frees_its_slot_and_the_rerun_loses_and_repeats_no
     with open(tmp_path / "first.log", "w") as log:
         first = subprocess.Popen(command + [str(pool)], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            wait_for(lambda: first.poll() is not None or parts(), 400, "the first scored chunk")
+            wait_for(lambda: first.poll() is not None or parts(), 400, "the first scored chunk", every=0.2)
         finally:
             first.send_signal(signal.SIGKILL)
             first.wait(timeout=60)
@@ -401,10 +390,9 @@ def test_a_killed_step_process_is_retried_and_scores_only_the_rest(tmp_path, mon
             if run.poll() is None:
                 run.kill()
     log_text = (tmp_path / "run.log").read_text()
-    assert f"run {killed_run_id(log_text)} success" in log_text, log_text[-3000:]
-
     instance = dg.DagsterInstance.get()
     [run_record] = instance.get_runs()
+    assert [line for line in log_text.splitlines() if line.startswith("run ")] == [f"run {run_record.run_id} success"], log_text[-3000:]
     assert run_record.status == dg.DagsterRunStatus.SUCCESS
     workers = instance.all_logs(run_record.run_id, of_type=dg.DagsterEventType.STEP_WORKER_STARTED)
     assert [e.step_key for e in workers].count("instance_scores") == 2  # the killed attempt and its retry
@@ -420,7 +408,3 @@ def test_a_killed_step_process_is_retried_and_scores_only_the_rest(tmp_path, mon
     stored = pl.concat([pl.read_parquet(p) for p in parts()])
     assert stored.height == canonical and stored["row_id"].n_unique() == canonical  # no row scored twice
 
-
-def killed_run_id(log_text: str) -> str:
-    [line] = [line for line in log_text.splitlines() if line.startswith("run ")]
-    return line.split()[1]

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from conftest import project_dagster_home
-from servers import base_env, dagster_daemon, dagster_webserver
+from servers import base_env, dagster_daemon, dagster_webserver, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "demo"
@@ -95,16 +95,6 @@ def gql(port, query, variables=None):
     body = response.json()
     assert "errors" not in body, body
     return body["data"]
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @contextmanager
